@@ -1,0 +1,47 @@
+# segexp — the commands a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev,sweep,slurm,onnx,crf
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train train-debug evaluate test test-fast lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY) ## create .venv and install segexp with all extras (pinned by constraints.txt)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel -c constraints.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	$(PY) -c "import segexp, torch, pytorch_lightning, segmentation_models_pytorch; print('segexp installed; torch', torch.__version__)"
+
+train: ## train the default experiment (U-Net on the generated shapes data, CPU, a few minutes)
+	$(PY) train.py $(ARGS)
+
+train-debug: ## one batch of train/val/test, to check a config end to end
+	$(PY) train.py trainer=debug logger=csv $(ARGS)
+
+test: ## run the whole test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: ## the tests not marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: ## ruff lint + format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: ## format and fix what ruff can
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: ## benchmarks (speed and quality per CPU-minute), prints ratios side by side
+	$(PY) -m benchmarks $(ARGS)
+
+clean: ## remove outputs and caches (keeps .venv and data/)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""SegDataModule: datasets + joint transforms + loaders, with early data checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from segexp.datasets.base import DataError, SegDataset
+from segexp.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+
+def check_sample(dataset: SegDataset, index: int, num_classes: int, ignore_index: int) -> None:
+    """Read one raw sample and fail with a clear DataError if it cannot be trained on."""
+    image_path, mask_path = dataset.samples[index][:2]
+    image, mask = dataset.load(index)
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height); image and mask must be the "
+            "same size. Re-export the mask at the image's size."
+        )
+    labels = np.unique(mask)
+    bad = [int(v) for v in labels if (v < 0 or v >= num_classes) and v != ignore_index]
+    if bad:
+        raise DataError(
+            f"data.num_classes={num_classes} but mask {mask_path} contains label(s) "
+            f"{bad[:10]} (valid: 0..{num_classes - 1} or ignore_index={ignore_index}). "
+            "Fix data.num_classes, data.ignore_index, or the mask."
+        )
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Train/val/test loaders for one dataset format.
+
+    Args:
+        dataset: a callable ``dataset(split=..., transform=...) -> SegDataset``
+            (in config: the dataset class with ``_partial_: true`` and its layout arguments).
+        num_classes: number of classes; labels are 0..num_classes-1.
+        ignore_index: mask value excluded from loss and metrics.
+        class_names: names for the classes (else the dataset's own, else ``class_<i>``).
+        train_transforms / val_transforms: albumentations transforms (before normalisation).
+        mean / std: normalisation, in [0, 1] units.
+        generate: optional callable run once in ``prepare_data`` (writes a generated dataset).
+        test_split: the split ``test_dataloader`` reads (evaluate.py sets it).
+        root: the dataset's folder, for messages and tools (the dataset reads its own copy).
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., SegDataset],
+        num_classes: int,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        train_transforms: Sequence[Any] = (),
+        val_transforms: Sequence[Any] = (),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        generate: Callable[[], Any] | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"data.num_classes={num_classes}: need at least 2 (background + 1).")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be at least 1.")
+        self.dataset_factory = dataset
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self._class_names = list(class_names) if class_names is not None else None
+        self.train_transforms_list = list(train_transforms)
+        self.val_transforms_list = list(val_transforms)
+        self.mean, self.std = list(mean), list(std)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.generate = generate
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.root = root
+        self.datasets: dict[str, SegDataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self._class_names
+        if names is None and self.datasets:
+            names = next(iter(self.datasets.values())).class_names
+        if names is None:
+            names = [f"class_{i}" for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise DataError(
+                f"data.num_classes={self.num_classes} but {len(names)} class names were given "
+                f"({names[:5]}...); make data.class_names (or classes.txt) list one name per class."
+            )
+        return list(names)
+
+    def prepare_data(self) -> None:
+        if self.generate is not None:
+            self.generate()
+
+    def _build(self, stage_key: str, transforms: Sequence[Any]) -> SegDataset:
+        split = self.splits[stage_key]
+        transform = build_transform(transforms, self.mean, self.std)
+        dataset = self.dataset_factory(split=split, transform=transform)
+        if len(dataset) == 0:
+            raise DataError(
+                f"split '{split}' of {type(dataset).__name__} is empty; add samples or "
+                f"choose another split."
+            )
+        check_sample(dataset, 0, self.num_classes, self.ignore_index)
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: ("train", "val", "test"),
+        }[stage]
+        for key in wanted:
+            if key not in self.datasets:
+                transforms = self.train_transforms_list if key == "train" else self.val_transforms_list
+                self.datasets[key] = self._build(key, transforms)
+
+    def _loader(self, key: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            self.datasets[key],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[key]) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, batch_size=self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.val_batch_size)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real config composed the way users run it, made tiny."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A tiny, fast variant of the default experiment; every test that trains starts from it.
+TINY = [
+    "data.generate.num_train=8",
+    "data.generate.num_val=4",
+    "data.generate.num_test=4",
+    "data.generate.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for generated datasets, shared by the whole session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
+    """compose_cfg(overrides, config_name="train") -> the composed config, writing under tmp_path."""
+
+    def _compose(overrides: list[str] = (), config_name: str = "train", tiny: bool = True) -> DictConfig:
+        base = TINY if tiny and config_name == "train" else []
+        if any(o.startswith("data=") and o != "data=shapes" for o in overrides):
+            base = [o for o in base if not o.startswith("data.generate.")]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=[*base, *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(data_dir)
+        return cfg
+
+    return _compose
+
+
+def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a top-level script the way a user does (a fresh Python process)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,82 @@
+"""segexp.metrics against an independent numpy computation and torchmetrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+from segexp.metrics import confusion_scores, flat_scores
+
+IGNORE = 255
+
+
+def numpy_reference(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict:
+    """Textbook definitions, computed pixel by pixel without a confusion-matrix library."""
+    valid = target != IGNORE
+    pred, target = pred[valid], target[valid]
+    ious, accs = [], []
+    for c in range(num_classes):
+        tp = np.sum((pred == c) & (target == c))
+        fp = np.sum((pred == c) & (target != c))
+        fn = np.sum((pred != c) & (target == c))
+        ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
+        accs.append(tp / (tp + fn) if tp + fn else np.nan)
+    return {
+        "iou": np.array(ious),
+        "acc": np.array(accs),
+        "mIoU": np.nanmean(ious),
+        "mean_acc": np.nanmean(accs),
+        "pixel_acc": np.mean(pred == target),
+    }
+
+
+def random_case(seed: int, num_classes: int = 6, absent_target=(4,), absent_both=(5,)):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, num_classes, size=(3, 17, 23))
+    pred = rng.integers(0, num_classes, size=(3, 17, 23))
+    for c in absent_target:  # predicted somewhere, never in the target
+        target[target == c] = 0
+    for c in absent_both:
+        target[target == c] = 1
+        pred[pred == c] = 2
+    target[rng.random(target.shape) < 0.2] = IGNORE
+    return pred, target
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_match_numpy_reference(seed):
+    num_classes = 6
+    pred, target = random_case(seed, num_classes)
+    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE)
+    confmat.update(torch.from_numpy(pred), torch.from_numpy(target))
+    scores = confusion_scores(confmat.compute())
+    ref = numpy_reference(pred, target, num_classes)
+
+    np.testing.assert_allclose(scores["iou"].numpy(), ref["iou"], equal_nan=True)
+    np.testing.assert_allclose(scores["acc"].numpy(), ref["acc"], equal_nan=True)
+    for key in ("mIoU", "mean_acc", "pixel_acc"):
+        assert float(scores[key]) == pytest.approx(ref[key])
+    # A class absent from prediction and target has no IoU; one predicted but absent has IoU 0.
+    assert np.isnan(scores["iou"][5])
+    assert scores["iou"][4] == 0
+
+
+def test_miou_equals_torchmetrics_macro_jaccard():
+    pred, target = random_case(7)
+    confmat = MulticlassConfusionMatrix(6, ignore_index=IGNORE)
+    confmat.update(torch.from_numpy(pred), torch.from_numpy(target))
+    jaccard = MulticlassJaccardIndex(6, average="macro", ignore_index=IGNORE)
+    jaccard.update(torch.from_numpy(pred), torch.from_numpy(target))
+    assert float(confusion_scores(confmat.compute())["mIoU"]) == pytest.approx(float(jaccard.compute()))
+
+
+def test_flat_scores_use_design_names():
+    pred, target = random_case(3)
+    confmat = MulticlassConfusionMatrix(6, ignore_index=IGNORE)
+    confmat.update(torch.from_numpy(pred), torch.from_numpy(target))
+    names = ["bg", "a", "b", "c", "d", "e"]
+    flat = flat_scores(confmat.compute(), names, "val")
+    assert {"val/mIoU", "val/pixel_acc", "val/mean_acc"} <= set(flat)
+    assert [k for k in flat if k.startswith("val/iou/")] == [f"val/iou/{n}" for n in names]

@@ -1,0 +1,77 @@
+"""Train a segmentation model from Hydra config groups.
+
+    python train.py                                   # the default experiment
+    python train.py model=deeplabv3plus loss=ce_dice  # pick options per group
+    python train.py -m model=unet,fpn                 # a multirun sweep
+    python train.py --help                            # groups and options (no torch import)
+
+Heavy imports happen inside the functions so that --help and --cfg stay fast.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; write metrics.json; return the final metrics."""
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from segexp.module import SegModule
+    from segexp.rundir import write_json, write_metadata
+    from segexp.summary import print_summary
+
+    run_dir = Path(cfg.paths.output_dir)
+    write_metadata(run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = SegModule(
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        num_classes=cfg.data.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        class_names=datamodule.class_names,
+        mean=list(cfg.augment.mean),
+        std=list(cfg.augment.std),
+    )
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    loggers = [instantiate(entry) for entry in (cfg.logger or {}).values() if entry]
+    callbacks = [
+        instantiate(entry)
+        for name, entry in (cfg.callbacks or {}).items()
+        if entry and (loggers or name != "lr_monitor")  # LR monitor needs a logger
+    ]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(model.run_config)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        print_summary(metrics, run_dir, datamodule.class_names, stage="test" if cfg.test else "val")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
