@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "ring")
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1  # bump when the drawing code changes, so caches regenerate
+FORMAT_VERSION = 2  # bump when the drawing code changes, so caches regenerate
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -38,10 +38,16 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Textured background: colour field + finer blotches + noise. (H, W, 3) float in [0, 1]"""
-    image = 0.6 * _smooth_field(rng, size, int(rng.integers(2, 5)))
-    image += 0.4 * _smooth_field(rng, size, int(rng.integers(8, 16)))
-    return image
+    """Textured background: a base colour + coarse and finer blotches. (H, W, 3) float in [0, 1]
+
+    The texture is strong enough that thresholding a colour does not find the
+    objects, but weaker than the object/background contrast (see _visible_colour),
+    so telling shapes apart, not finding them, is what the model has to learn.
+    """
+    base = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
+    image = base + 0.45 * (_smooth_field(rng, size, int(rng.integers(2, 5))) - 0.5)
+    image += 0.25 * (_smooth_field(rng, size, int(rng.integers(8, 16))) - 0.5)
+    return np.clip(image, 0.0, 1.0)
 
 
 def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
