@@ -63,14 +63,24 @@ class SegDataset(Dataset):
     """Base class: subclasses fill ``self.samples`` with (image_path, mask_path) pairs.
 
     Override ``load_mask`` when the on-disk labels need mapping to training ids.
+    With ``strict=False`` (used by ``segexp.check``) an image without a mask is
+    recorded in ``self.problems`` instead of raising, so one scan reports them all.
     """
 
     class_names: list[str] | None = None
 
-    def __init__(self, split: str, transform: Any = None) -> None:
+    def __init__(self, split: str, transform: Any = None, strict: bool = True) -> None:
         self.split = split
         self.transform = transform
+        self.strict = strict
         self.samples: list[tuple[Path, Path]] = []
+        self.problems: list[str] = []
+
+    def report(self, message: str) -> None:
+        """A layout problem (e.g. a missing mask): raise when strict, else record it."""
+        if self.strict:
+            raise DataError(message)
+        self.problems.append(message)
 
     def __len__(self) -> int:
         return len(self.samples)
