@@ -32,9 +32,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     # loss.weight=auto: class weights from the train split's label frequencies (cached).
-    loss = fill_auto_weights(
-        OmegaConf.to_container(cfg.loss, resolve=True), datamodule, Path(cfg.paths.data_dir) / "class_weights"
-    )
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss = fill_auto_weights(loss, datamodule, Path(cfg.paths.data_dir) / "class_weights")
     model = SegModule(
         net=OmegaConf.to_container(cfg.model, resolve=True),
         loss=loss,

@@ -84,7 +84,9 @@ def check_split(dataset, num_classes: int, ignore_index: int, report: Report, sp
             elif value == ignore_index:
                 ignored += count
         if labels.tolist() == [ignore_index]:
-            report.warnings.append(f"mask {mask_path} is all ignore_index: the sample teaches nothing.")
+            report.warnings.append(
+                f"mask {mask_path} is all ignore_index: the sample teaches nothing."
+            )
     report.counts[split] = counts.tolist()
     report.ignored[split] = ignored
     if split == "train":
@@ -118,7 +120,9 @@ def run_check(cfg) -> tuple[Report, list[str]]:
                 f"split '{split}' (data.{stage}_split) is empty: add samples or point "
                 f"data.{stage}_split at a split that has them."
             )
-        check_split(dataset, num_classes, ignore_index, report, "train" if stage == "train" else split)
+        check_split(
+            dataset, num_classes, ignore_index, report, "train" if stage == "train" else split
+        )
     names = names or [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         report.errors.append(
@@ -129,7 +133,9 @@ def run_check(cfg) -> tuple[Report, list[str]]:
     if "train" in report.counts:
         for label, count in enumerate(report.counts["train"]):
             if count == 0:
-                report.warnings.append(f"class {label} ({names[label]}) never appears in the train split.")
+                report.warnings.append(
+                    f"class {label} ({names[label]}) never appears in the train split."
+                )
     return report, names
 
 
@@ -152,7 +158,9 @@ def format_report(report: Report, names: list[str], cfg) -> str:
             )
         weights = ",".join(f"{w:.4g}" for w in report.weights)
         lines.append("suggested class weights (median frequency balancing), for the CE loss:")
-        lines.append(f"  loss.weight=auto   (computed and cached at train time), or loss.weight=[{weights}]")
+        lines.append(
+            f"  loss.weight=auto   (computed and cached at train time), or loss.weight=[{weights}]"
+        )
     for title, items in (("WARNINGS", report.warnings), ("ERRORS", report.errors)):
         if items:
             lines.append(f"{title} ({len(items)}):")

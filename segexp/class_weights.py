@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 
-def label_counts(dataset, num_classes: int, ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def label_counts(
+    dataset, num_classes: int, ignore_index: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
     """(pixels per class, pixels of the images containing each class), both (num_classes,) int64.
 
     Labels outside 0..num_classes-1 (other than ignore_index) are skipped here;
@@ -60,9 +62,13 @@ def _dataset_key(dataset, num_classes: int, ignore_index: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_class_weights(dataset, num_classes: int, ignore_index: int, cache_dir: str | os.PathLike) -> list[float]:
+def cached_class_weights(
+    dataset, num_classes: int, ignore_index: int, cache_dir: str | os.PathLike
+) -> list[float]:
     """Class weights of ``dataset``, read from ``cache_dir`` when computed before for the same files."""
-    path = Path(cache_dir) / f"class-weights-{_dataset_key(dataset, num_classes, ignore_index)}.json"
+    path = (
+        Path(cache_dir) / f"class-weights-{_dataset_key(dataset, num_classes, ignore_index)}.json"
+    )
     if path.is_file():
         return json.loads(path.read_text())["weights"]
     counts, image_pixels = label_counts(dataset, num_classes, ignore_index)
@@ -82,7 +88,9 @@ def fill_auto_weights(loss: Any, datamodule, cache_dir: str | os.PathLike) -> An
             if key == "weight" and value == "auto":
                 datamodule.prepare_data()  # generated datasets (shapes) must exist first
                 dataset = datamodule.raw_dataset("train")
-                value = cached_class_weights(dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir)
+                value = cached_class_weights(
+                    dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir
+                )
             else:
                 value = fill_auto_weights(value, datamodule, cache_dir)
             out[key] = value

@@ -34,7 +34,9 @@ def check_sample(dataset: SegDataset, index: int, num_classes: int, ignore_index
         )
 
 
-def pad_collate(batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32) -> dict[str, Any]:
+def pad_collate(
+    batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32
+) -> dict[str, Any]:
     """Stack samples of different sizes: pad each to the largest height/width in the batch,
     rounded up to ``multiple`` (encoders downsample by 32), at the bottom/right.
 
@@ -186,7 +188,9 @@ class SegDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=partial(pad_collate, ignore_index=self.ignore_index, multiple=self.pad_to_multiple),
+            collate_fn=partial(
+                pad_collate, ignore_index=self.ignore_index, multiple=self.pad_to_multiple
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

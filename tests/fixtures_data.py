@@ -49,7 +49,9 @@ def blocky(rng: np.random.Generator, labels, size=SIZE, blocks: int = 4) -> np.n
 
 def image_for(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An RGB image whose colours follow the mask, plus noise. (H, W, 3) uint8"""
-    image = _COLOURS[np.asarray(mask, dtype=np.int64) % 256].astype(np.int16) + rng.integers(-20, 21, (*mask.shape, 3))
+    image = _COLOURS[np.asarray(mask, dtype=np.int64) % 256].astype(np.int16) + rng.integers(
+        -20, 21, (*mask.shape, 3)
+    )
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -97,7 +99,9 @@ def make_voc(root, counts=None, sbd: bool = False, seed: int = 0) -> dict:
             png = Image.fromarray(mask, mode="P")
             png.putpalette(palette)
             png.save(voc / "SegmentationClass" / f"{image_id}.png")
-            Image.fromarray(image_for(mask, rng)).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            Image.fromarray(image_for(mask, rng)).save(
+                voc / "JPEGImages" / f"{image_id}.jpg", quality=95
+            )
             expected[split][image_id] = mask
     if sbd:
         from scipy.io import savemat
@@ -113,7 +117,9 @@ def make_voc(root, counts=None, sbd: bool = False, seed: int = 0) -> dict:
             for image_id in ids:
                 mask = blocky(rng, [0, 3, 12]).astype(np.uint8)
                 savemat(dataset / "cls" / f"{image_id}.mat", {"GTcls": {"Segmentation": mask}})
-                Image.fromarray(image_for(mask, rng)).save(dataset / "img" / f"{image_id}.jpg", quality=95)
+                Image.fromarray(image_for(mask, rng)).save(
+                    dataset / "img" / f"{image_id}.jpg", quality=95
+                )
                 if image_id.startswith("2008_sbd"):
                     expected["train_aug"][image_id] = mask
     return expected
@@ -147,9 +153,9 @@ def make_cityscapes(root, counts=None, seed: int = 0) -> dict:
             Image.fromarray(lut[label_ids]).save(gt_dir / f"{stem}_gtFine_labelTrainIds.png")
             Image.fromarray(image_for(label_ids, rng)).save(gt_dir / f"{stem}_gtFine_color.png")
             (gt_dir / f"{stem}_gtFine_polygons.json").write_text("{}")
-            expected[split][stem] = np.array([CITYSCAPES_EXPECTED[v] for v in label_ids.ravel()]).reshape(
-                label_ids.shape
-            )
+            expected[split][stem] = np.array(
+                [CITYSCAPES_EXPECTED[v] for v in label_ids.ravel()]
+            ).reshape(label_ids.shape)
     return expected
 
 
@@ -167,7 +173,9 @@ def make_ade20k(root, counts=None, seed: int = 0) -> dict:
         for i in range(count):
             name = f"ADE_{folder[:5]}_{i:08d}" if folder == "training" else f"ADE_val_{i:08d}"
             mask = blocky(rng, [0, 1, 2, 13, 150]).astype(np.uint8)
-            Image.fromarray(image_for(mask, rng)).save(base / "images" / folder / f"{name}.jpg", quality=95)
+            Image.fromarray(image_for(mask, rng)).save(
+                base / "images" / folder / f"{name}.jpg", quality=95
+            )
             Image.fromarray(mask).save(base / "annotations" / folder / f"{name}.png")
             expected[split][name] = np.where(mask == 0, 255, mask.astype(np.int64) - 1)
     (base / "sceneCategories.txt").write_text("")
@@ -220,7 +228,9 @@ def make_coco(root, counts=None, seed: int = 0) -> dict:
     root, rng = Path(root), np.random.default_rng(seed)
     counts = counts or {"train2017": 6, "val2017": 3}
     rank = {cid: i + 1 for i, cid in enumerate(sorted(COCO_CATEGORIES))}
-    categories = [{"id": cid, "name": name, "supercategory": "x"} for cid, name in COCO_CATEGORIES.items()]
+    categories = [
+        {"id": cid, "name": name, "supercategory": "x"} for cid, name in COCO_CATEGORIES.items()
+    ]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     height, width = SIZE
     expected = {}
@@ -230,7 +240,9 @@ def make_coco(root, counts=None, seed: int = 0) -> dict:
         for i in range(count + 1):  # the last image has no annotations (skipped by default)
             image_id = 1000 * (1 + list(counts).index(split)) + i
             file_name = f"{image_id:012d}.jpg"
-            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+            images.append(
+                {"id": image_id, "file_name": file_name, "height": height, "width": width}
+            )
             truth = np.zeros(SIZE, dtype=np.int64)
             if i < count:
                 y0, x0 = int(rng.integers(2, 10)), int(rng.integers(2, 10))
@@ -261,7 +273,9 @@ def make_coco(root, counts=None, seed: int = 0) -> dict:
                 truth[dog > 0] = rank[18]
                 truth[edge & ~(dog > 0)] = -1
                 expected[split][f"{image_id:012d}"] = truth
-            Image.fromarray(image_for(np.where(truth < 0, 0, truth), rng)).save(root / split / file_name, quality=95)
+            Image.fromarray(image_for(np.where(truth < 0, 0, truth), rng)).save(
+                root / split / file_name, quality=95
+            )
         (root / "annotations" / f"instances_{split}.json").write_text(
             json.dumps({"images": images, "annotations": annotations, "categories": categories})
         )

@@ -9,20 +9,26 @@ from hydra.utils import instantiate
 
 IGNORE = 255
 # Distinct, far-apart colours with no channel at 0, so black pixels can only be padding.
-PALETTE = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [220, 220, 60], [60, 220, 220]], np.uint8)
+PALETTE = np.array(
+    [[200, 60, 60], [60, 200, 60], [60, 60, 200], [220, 220, 60], [60, 220, 220]], np.uint8
+)
 
 
 def coded_pair(size=(40, 56), block=8, seed=0):
     """A mask of 8x8 blocks of random classes and the image that encodes it (colour = class)."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, len(PALETTE), size=(-(-size[0] // block), -(-size[1] // block)))
-    mask = np.kron(blocks, np.ones((block, block), dtype=np.int64))[: size[0], : size[1]].astype(np.uint8)
+    mask = np.kron(blocks, np.ones((block, block), dtype=np.int64))[: size[0], : size[1]].astype(
+        np.uint8
+    )
     return PALETTE[mask], mask
 
 
 def decode(image):
     """The class each pixel's colour encodes (nearest palette colour). (H, W, 3) -> (H, W)"""
-    distance = np.linalg.norm(image[..., None, :].astype(float) - PALETTE[None, None].astype(float), axis=-1)
+    distance = np.linalg.norm(
+        image[..., None, :].astype(float) - PALETTE[None, None].astype(float), axis=-1
+    )
     return distance.argmin(-1)
 
 
@@ -34,13 +40,22 @@ def agreement(image, mask):
 
 def strong(compose_cfg, *overrides):
     cfg = compose_cfg(["augment=strong", "augment.crop_size=48", *overrides])
-    return cfg, [instantiate(t) for t in cfg.augment.train], [instantiate(t) for t in cfg.augment.val]
+    return (
+        cfg,
+        [instantiate(t) for t in cfg.augment.train],
+        [instantiate(t) for t in cfg.augment.val],
+    )
 
 
 def test_strong_geometric_transforms_keep_image_and_mask_aligned(compose_cfg):
     _, train, _ = strong(compose_cfg)
     geometric = [t for t in train if isinstance(t, A.DualTransform)]
-    assert {type(t).__name__ for t in geometric} >= {"RandomScale", "PadIfNeeded", "RandomCrop", "Rotate"}
+    assert {type(t).__name__ for t in geometric} >= {
+        "RandomScale",
+        "PadIfNeeded",
+        "RandomCrop",
+        "Rotate",
+    }
     pipeline = A.Compose(geometric, seed=0)
     for seed in range(12):
         image, mask = coded_pair(seed=seed)
@@ -65,7 +80,9 @@ def test_full_strong_pipeline_runs_and_keeps_labels_valid(compose_cfg):
 
 def test_padding_fills_the_mask_with_ignore_index_never_a_class(compose_cfg):
     _, train, _ = strong(compose_cfg, "augment.crop_size=64")  # larger than the 40x56 input
-    pad_and_crop = A.Compose([t for t in train if type(t).__name__ in ("PadIfNeeded", "RandomCrop")], seed=0)
+    pad_and_crop = A.Compose(
+        [t for t in train if type(t).__name__ in ("PadIfNeeded", "RandomCrop")], seed=0
+    )
     image, mask = coded_pair()
     out = pad_and_crop(image=image, mask=mask)
     padded = out["image"].sum(-1) == 0  # the palette has no black: black is padding

@@ -55,7 +55,9 @@ def test_voc_train_aug_adds_sbd_without_leaking_val(tmp_path):
     assert not set(expected["val"]) & {dataset.name(i) for i in range(len(dataset))}
     with pytest.raises(DataError, match="sbd_root"):
         VOCDataset(str(tmp_path), "train_aug")
-    with pytest.raises(DataError, match=r"VOC split 'nope'.*options: \['train', 'val', 'train_aug'\]"):
+    with pytest.raises(
+        DataError, match=r"VOC split 'nope'.*options: \['train', 'val', 'train_aug'\]"
+    ):
         VOCDataset(str(tmp_path), "nope")
 
 
@@ -89,7 +91,9 @@ def test_ade20k_reduce_zero_label(tmp_path):
     raw = ADE20KDataset(str(tmp_path), "val", reduce_zero_label=False)
     assert len(raw.class_names) == 151
     name = raw.name(0)
-    np.testing.assert_array_equal(raw.load_mask(0), np.where(expected["val"][name] == 255, 0, expected["val"][name] + 1))
+    np.testing.assert_array_equal(
+        raw.load_mask(0), np.where(expected["val"][name] == 255, 0, expected["val"][name] + 1)
+    )
 
 
 def test_coco_polygons_rle_crowd_and_overlaps(tmp_path):
@@ -97,14 +101,18 @@ def test_coco_polygons_rle_crowd_and_overlaps(tmp_path):
     dataset = COCODataset(str(tmp_path), "train2017", cache_dir=str(tmp_path / "cache"))
     assert len(dataset.class_names) == 81 and dataset.class_names[1] == "person"
     assert_masks(dataset, expected["train2017"])  # the image without annotations is skipped
-    with_empty = COCODataset(str(tmp_path), "val2017", cache_dir=str(tmp_path / "cache"), skip_empty=False)
+    with_empty = COCODataset(
+        str(tmp_path), "val2017", cache_dir=str(tmp_path / "cache"), skip_empty=False
+    )
     assert len(with_empty) == len(expected["val2017"]) + 1
     assert (with_empty.load_mask(len(with_empty) - 1) == 0).all()
 
 
 def test_coco_category_subset_is_contiguous(tmp_path):
     expected = fixtures.make_coco(tmp_path)
-    dataset = COCODataset(str(tmp_path), "val2017", categories=["dog", "person"], cache_dir=str(tmp_path / "c"))
+    dataset = COCODataset(
+        str(tmp_path), "val2017", categories=["dog", "person"], cache_dir=str(tmp_path / "c")
+    )
     assert dataset.class_names == ["background", "dog", "person"]
     rank = {cid: i + 1 for i, cid in enumerate(sorted(fixtures.COCO_CATEGORIES))}  # all-80 labels
     # person=1, dog=18; the crowd is of cars, a category not chosen: background, not ignore.

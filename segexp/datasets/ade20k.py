@@ -72,7 +72,11 @@ class ADE20KDataset(SegDataset):
     ) -> None:
         super().__init__(split, transform, strict)
         root_path = Path(root)
-        self.root = root_path / "ADEChallengeData2016" if (root_path / "ADEChallengeData2016").is_dir() else root_path
+        self.root = (
+            root_path / "ADEChallengeData2016"
+            if (root_path / "ADEChallengeData2016").is_dir()
+            else root_path
+        )
         self.lut = reduce_zero_label_lut(ignore_index) if reduce_zero_label else None
         if not reduce_zero_label:
             self.class_names = ["other", *ADE20K_CLASSES]
@@ -85,7 +89,9 @@ class ADE20KDataset(SegDataset):
                 "ADEChallengeData2016/annotations/{training,validation}/*.png; point data.root "
                 f"at ADEChallengeData2016 or its parent (split '{split}': train, val, training, validation)."
             )
-        for image_path in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        for image_path in sorted(
+            p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        ):
             mask_path = self.root / "annotations" / folder / f"{image_path.stem}.png"
             if not mask_path.is_file():
                 self.report(f"{image_path}: no mask {mask_path}; add it or remove the image.")
@@ -97,5 +103,7 @@ class ADE20KDataset(SegDataset):
         if self.lut is None:
             return mask
         if mask.max(initial=0) > 255:
-            raise DataError(f"{self.samples[index][1]}: labels above 255; ADE20K annotations are 8-bit PNGs.")
+            raise DataError(
+                f"{self.samples[index][1]}: labels above 255; ADE20K annotations are 8-bit PNGs."
+            )
         return self.lut[mask]

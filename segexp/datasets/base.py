@@ -53,7 +53,9 @@ def read_mask(path: Path) -> np.ndarray:
                 )
             array = np.array(mask)  # a writable copy: torch warns on read-only arrays
     except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path}: cannot read mask ({error}); replace or remove the file.") from error
+        raise DataError(
+            f"{path}: cannot read mask ({error}); replace or remove the file."
+        ) from error
     if array.ndim != 2:
         raise DataError(f"{path}: mask has shape {array.shape}, expected (H, W) class ids.")
     return array

@@ -1,7 +1,7 @@
 """Cityscapes as it ships: leftImg8bit/ + gtFine/ (labelIds mapped to the 19 train ids).
 
-    root/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
-    root/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+root/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+root/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 """
 
 from __future__ import annotations
@@ -66,10 +66,16 @@ class CityscapesDataset(SegDataset):
         for image_path in sorted(images.glob("*/*_leftImg8bit.png")):
             stem = image_path.name[: -len("_leftImg8bit.png")]
             mask_path = (
-                self.root / annotation_dir / split / image_path.parent.name / f"{stem}_{annotation_dir}_labelIds.png"
+                self.root
+                / annotation_dir
+                / split
+                / image_path.parent.name
+                / f"{stem}_{annotation_dir}_labelIds.png"
             )
             if not mask_path.is_file():
-                self.report(f"{image_path}: no mask {mask_path}; add the {annotation_dir} archive for '{split}'.")
+                self.report(
+                    f"{image_path}: no mask {mask_path}; add the {annotation_dir} archive for '{split}'."
+                )
                 continue
             self.samples.append((image_path, mask_path))
 

@@ -60,7 +60,9 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
-def semantic_mask(height: int, width: int, annotations: list[dict], ignore_index: int = 255) -> np.ndarray:
+def semantic_mask(
+    height: int, width: int, annotations: list[dict], ignore_index: int = 255
+) -> np.ndarray:
     """Paint instances into one class map with the rules in the module docstring.
 
     ``annotations``: dicts with ``segmentation``, ``label`` (contiguous id), ``iscrowd``,
@@ -162,9 +164,13 @@ class COCODataset(SegDataset):
                 continue
             image_path = images_dir / info["file_name"]
             if not image_path.is_file():
-                self.report(f"{image_path}: listed in {json_path} but missing; restore it or remove its entry.")
+                self.report(
+                    f"{image_path}: listed in {json_path} but missing; restore it or remove its entry."
+                )
                 continue
-            self.samples.append((image_path, self.cache_dir / f"{Path(info['file_name']).stem}.png"))
+            self.samples.append(
+                (image_path, self.cache_dir / f"{Path(info['file_name']).stem}.png")
+            )
             self.image_info.append((int(info["height"]), int(info["width"]), anns))
 
     def load_mask(self, index: int) -> np.ndarray:

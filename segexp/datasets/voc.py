@@ -85,7 +85,9 @@ class VOCDataset(SegDataset):
                 image_path = self.sbd_root / "img" / f"{image_id}.jpg"
                 mask_path = self.sbd_root / "cls" / f"{image_id}.mat"
             if not mask_path.is_file():
-                self.report(f"{image_path}: no mask {mask_path}; restore it or drop '{image_id}' from the list.")
+                self.report(
+                    f"{image_path}: no mask {mask_path}; restore it or drop '{image_id}' from the list."
+                )
                 continue
             self.samples.append((image_path, mask_path))
 
@@ -103,7 +105,9 @@ class VOCDataset(SegDataset):
         for name in ("train.txt", "val.txt"):
             path = self.sbd_root / name
             if not path.is_file():
-                raise DataError(f"data.dataset.sbd_root={sbd_root}: no {path}; point it at SBD's 'dataset' folder.")
+                raise DataError(
+                    f"data.dataset.sbd_root={sbd_root}: no {path}; point it at SBD's 'dataset' folder."
+                )
             for image_id in read_id_list(path):
                 if image_id not in seen:  # VOC's own mask wins; VOC val never leaks into training
                     ids.append((image_id, "sbd"))
@@ -118,5 +122,7 @@ class VOCDataset(SegDataset):
             try:
                 return np.array(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
             except Exception as error:  # scipy raises several types for broken files
-                raise DataError(f"{path}: cannot read SBD mask ({error}); replace or remove it.") from error
+                raise DataError(
+                    f"{path}: cannot read SBD mask ({error}); replace or remove it."
+                ) from error
         return super().load_mask(index)
