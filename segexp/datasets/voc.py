@@ -74,7 +74,8 @@ class VOCDataset(SegDataset):
                 options = sorted(p.stem for p in lists.glob("*.txt")) + [TRAIN_AUG]
                 raise DataError(
                     f"VOC split '{split}': no {list_file} (options: {options}). "
-                    "Set data.train_split / data.val_split to one of them."
+                    "Set data.train_split / data.val_split / data.test_split to one of them "
+                    "(VOC test labels are not public: evaluate with split=val)."
                 )
             ids = [(image_id, "voc") for image_id in read_id_list(list_file)]
         for image_id, source in ids:
