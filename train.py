@@ -21,6 +21,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from segexp.class_weights import fill_auto_weights
     from segexp.module import SegModule
     from segexp.rundir import write_json, write_metadata
     from segexp.summary import print_summary
@@ -30,9 +31,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    # loss.weight=auto: class weights from the train split's label frequencies (cached).
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss = fill_auto_weights(loss, datamodule, Path(cfg.paths.data_dir) / "class_weights")
     model = SegModule(
         net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        loss=loss,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         num_classes=cfg.data.num_classes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,30 @@ def check_sample(dataset: SegDataset, index: int, num_classes: int, ignore_index
         )
 
 
+def pad_collate(
+    batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32
+) -> dict[str, Any]:
+    """Stack samples of different sizes: pad each to the largest height/width in the batch,
+    rounded up to ``multiple`` (encoders downsample by 32), at the bottom/right.
+
+    Padded image pixels are 0 (the mean colour after normalisation); padded mask pixels
+    are ``ignore_index``, so they count in neither loss nor metrics.
+    """
+    import torch
+
+    height = max(sample["image"].shape[-2] for sample in batch)
+    width = max(sample["image"].shape[-1] for sample in batch)
+    if multiple > 1:
+        height, width = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    images = batch[0]["image"].new_zeros((len(batch), batch[0]["image"].shape[0], height, width))
+    masks = torch.full((len(batch), height, width), ignore_index, dtype=torch.long)
+    for i, sample in enumerate(batch):
+        h, w = sample["mask"].shape[-2:]
+        images[i, :, :h, :w] = sample["image"]
+        masks[i, :h, :w] = sample["mask"]
+    return {"image": images, "mask": masks, "name": [sample["name"] for sample in batch]}
+
+
 class SegDataModule(pl.LightningDataModule):
     """Train/val/test loaders for one dataset format.
 
@@ -47,6 +72,8 @@ class SegDataModule(pl.LightningDataModule):
         generate: optional callable run once in ``prepare_data`` (writes a generated dataset).
         test_split: the split ``test_dataloader`` reads (evaluate.py sets it).
         root: the dataset's folder, for messages and tools (the dataset reads its own copy).
+        pad_to_multiple: batches are padded (image 0, mask ``ignore_index``) to the largest
+            sample, rounded up to this multiple, so images of any size batch and fit the encoder.
     """
 
     def __init__(
@@ -68,6 +95,7 @@ class SegDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         root: str | None = None,
+        pad_to_multiple: int = 32,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -88,11 +116,19 @@ class SegDataModule(pl.LightningDataModule):
         self.generate = generate
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.root = root
+        self.pad_to_multiple = int(pad_to_multiple)
         self.datasets: dict[str, SegDataset] = {}
 
     @property
     def class_names(self) -> list[str]:
         names = self._class_names
+        if names is None and not self.datasets:
+            # Formats name their own classes (VOC, COCO categories, classes.txt): build the
+            # train split now (setup() reuses it) rather than fall back to class_<i>.
+            try:
+                self.setup_split("train")
+            except DataError:
+                pass  # setup() raises the same error when training starts
         if names is None and self.datasets:
             names = next(iter(self.datasets.values())).class_names
         if names is None:
@@ -108,14 +144,19 @@ class SegDataModule(pl.LightningDataModule):
         if self.generate is not None:
             self.generate()
 
+    def raw_dataset(self, stage_key: str, strict: bool = True) -> SegDataset:
+        """The dataset of one stage (``train``/``val``/``test``) without transforms, for tools."""
+        return self.dataset_factory(split=self.splits[stage_key], transform=None, strict=strict)
+
     def _build(self, stage_key: str, transforms: Sequence[Any]) -> SegDataset:
         split = self.splits[stage_key]
         transform = build_transform(transforms, self.mean, self.std)
         dataset = self.dataset_factory(split=split, transform=transform)
         if len(dataset) == 0:
             raise DataError(
-                f"split '{split}' of {type(dataset).__name__} is empty; add samples or "
-                f"choose another split."
+                f"split '{split}' ({self.root or type(dataset).__name__}) is empty: an empty split "
+                f"would train or evaluate on nothing. Add samples, or point data.{stage_key}_split "
+                "at a split that has them."
             )
         check_sample(dataset, 0, self.num_classes, self.ignore_index)
         return dataset
@@ -129,9 +170,14 @@ class SegDataModule(pl.LightningDataModule):
             None: ("train", "val", "test"),
         }[stage]
         for key in wanted:
-            if key not in self.datasets:
-                transforms = self.train_transforms_list if key == "train" else self.val_transforms_list
-                self.datasets[key] = self._build(key, transforms)
+            self.setup_split(key)
+
+    def setup_split(self, key: str) -> SegDataset:
+        """Build (once) and check the dataset of one stage: ``train``, ``val`` or ``test``."""
+        if key not in self.datasets:
+            transforms = self.train_transforms_list if key == "train" else self.val_transforms_list
+            self.datasets[key] = self._build(key, transforms)
+        return self.datasets[key]
 
     def _loader(self, key: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
@@ -142,6 +188,9 @@ class SegDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=partial(
+                pad_collate, ignore_index=self.ignore_index, multiple=self.pad_to_multiple
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

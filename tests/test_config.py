@@ -11,6 +11,7 @@ from tests.conftest import CONF
 # Groups whose options need user-provided values to resolve.
 NEEDS = {
     ("data", "folder"): ["data.root=/tmp/x", "data.num_classes=3"],
+    **{("data", name): ["data.root=/tmp/x"] for name in ("voc", "cityscapes", "ade20k", "coco")},
 }
 ENTRY_GROUPS = ["data", "augment", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
 

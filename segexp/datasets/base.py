@@ -53,7 +53,9 @@ def read_mask(path: Path) -> np.ndarray:
                 )
             array = np.array(mask)  # a writable copy: torch warns on read-only arrays
     except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path}: cannot read mask ({error}); replace or remove the file.") from error
+        raise DataError(
+            f"{path}: cannot read mask ({error}); replace or remove the file."
+        ) from error
     if array.ndim != 2:
         raise DataError(f"{path}: mask has shape {array.shape}, expected (H, W) class ids.")
     return array
@@ -63,14 +65,24 @@ class SegDataset(Dataset):
     """Base class: subclasses fill ``self.samples`` with (image_path, mask_path) pairs.
 
     Override ``load_mask`` when the on-disk labels need mapping to training ids.
+    With ``strict=False`` (used by ``segexp.check``) an image without a mask is
+    recorded in ``self.problems`` instead of raising, so one scan reports them all.
     """
 
     class_names: list[str] | None = None
 
-    def __init__(self, split: str, transform: Any = None) -> None:
+    def __init__(self, split: str, transform: Any = None, strict: bool = True) -> None:
         self.split = split
         self.transform = transform
+        self.strict = strict
         self.samples: list[tuple[Path, Path]] = []
+        self.problems: list[str] = []
+
+    def report(self, message: str) -> None:
+        """A layout problem (e.g. a missing mask): raise when strict, else record it."""
+        if self.strict:
+            raise DataError(message)
+        self.problems.append(message)
 
     def __len__(self) -> int:
         return len(self.samples)

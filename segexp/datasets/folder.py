@@ -29,8 +29,9 @@ class FolderDataset(SegDataset):
         transform: Any = None,
         image_dir: str = "images",
         mask_dir: str = "masks",
+        strict: bool = True,
     ) -> None:
-        super().__init__(split, transform)
+        super().__init__(split, transform, strict)
         self.root = Path(root)
         images = self.root / image_dir / split
         masks = self.root / mask_dir / split
@@ -43,9 +44,10 @@ class FolderDataset(SegDataset):
         for image_path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             mask_path = masks / f"{image_path.stem}.png"
             if not mask_path.is_file():
-                raise DataError(
+                self.report(
                     f"{image_path}: no mask {mask_path}. Every image needs a mask PNG "
                     "with the same name; add it or remove the image."
                 )
+                continue
             self.samples.append((image_path, mask_path))
         self.class_names = read_class_names(self.root)

@@ -1,0 +1,103 @@
+"""segexp.check: a clean dataset passes; every defect planted in a broken copy is reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segexp.check import main
+from tests import fixtures_data as fixtures
+from tests.conftest import run_script
+
+
+@pytest.fixture
+def clean(tmp_path):
+    root = tmp_path / "clean"
+    expected = fixtures.make_folder(root, counts={"train": 6, "val": 3, "test": 2})
+    return root, expected
+
+
+def plant_defects(root):
+    """Break a copy in every way the checker must catch; returns {what: text the report must hold}."""
+    train, val = root / "images" / "train", root / "masks" / "train"
+    (train / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # unreadable image
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(val / "001.png")  # size mismatch
+    (val / "002.png").unlink()  # missing mask
+    bad = np.zeros(fixtures.SIZE, np.uint8)
+    bad[0, 0], bad[1, 1] = 7, 9
+    Image.fromarray(bad).save(root / "masks" / "val" / "000.png")  # labels >= num_classes
+    Image.fromarray(np.zeros((*fixtures.SIZE, 3), np.uint8)).save(
+        root / "masks" / "val" / "001.png"
+    )  # RGB mask
+    (val / "003.png").write_bytes(b"truncated")  # unreadable mask
+    for path in (root / "images" / "test").iterdir():  # empty split
+        path.unlink()
+    return {
+        "unreadable image": "images/train/000.png: cannot read image",
+        "size mismatch": "but its mask",
+        "missing mask": "images/train/002.png: no mask",
+        "bad labels": "masks/val/000.png contains label(s) [7, 9]",
+        "rgb mask": "masks/val/001.png: mask is RGB",
+        "unreadable mask": "masks/train/003.png: cannot read mask",
+        "empty split": "split 'test' (data.test_split) is empty",
+    }
+
+
+def test_clean_dataset_passes_with_true_frequencies(clean, tmp_path, capsys):
+    root, expected = clean
+    report_path = tmp_path / "report.json"
+    code = main(
+        ["data=folder", f"data.root={root}", "data.num_classes=3", "--json", str(report_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 error(s)" in out and "split train: 6 samples" in out
+    report = json.loads(report_path.read_text())
+    truth = np.bincount(
+        np.concatenate([m.ravel() for m in expected["train"].values()]), minlength=3
+    )
+    assert report["counts"]["train"] == truth.tolist()
+    assert report["class_names"] == ["c0", "c1", "c2"]
+    # Median frequency balancing, computed here from the masks themselves.
+    masks = list(expected["train"].values())
+    freq = [truth[c] / sum(m.size for m in masks if (m == c).any()) for c in range(3)]
+    np.testing.assert_allclose(report["weights"], np.median(freq) / np.array(freq), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_every_planted_defect_is_reported_and_exit_is_nonzero(clean, tmp_path):
+    root, _ = clean
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    planted = plant_defects(broken)
+    result = run_script(
+        "-m", "segexp.check", "data=folder", f"data.root={broken}", "data.num_classes=3"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = result.stdout.split("ERRORS")[1]
+    missing = {what: text for what, text in planted.items() if text not in errors}
+    assert not missing, f"not reported: {missing}\n{result.stdout}"
+    assert f"{len(planted)} error(s)" in result.stdout  # each defect once, nothing invented
+
+
+def test_wrong_num_classes_and_missing_split_are_errors(clean, capsys):
+    root, _ = clean
+    shutil.rmtree(root / "images" / "test")
+    assert main(["data=folder", f"data.root={root}", "data.num_classes=4"]) == 1
+    out = capsys.readouterr().out
+    assert "data.num_classes=4 but there are 3 class names" in out
+    assert "split 'test' (data.test_split)" in out and "no folder" in out
+    assert "class 3 (class_3) never appears in the train split" in out  # a warning, not an error
+
+
+def test_check_reads_real_formats(tmp_path, capsys):
+    fixtures.make_cityscapes(tmp_path, counts={"train": 2, "val": 2})
+    victim = next((tmp_path / "gtFine" / "val").glob("*/*_labelIds.png"))
+    victim.unlink()
+    assert main(["data=cityscapes", f"data.root={tmp_path}"]) == 1
+    out = capsys.readouterr().out
+    assert f"no mask {victim}" in out and "road" in out

@@ -1,0 +1,186 @@
+"""Each dataset format read from a tiny fixture in its true on-disk layout (tests/fixtures_data.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segexp.datasets import (
+    ADE20KDataset,
+    CityscapesDataset,
+    COCODataset,
+    DataError,
+    FolderDataset,
+    VOCDataset,
+)
+from segexp.datasets.base import read_image, read_mask
+from tests import fixtures_data as fixtures
+
+
+def assert_masks(dataset, expected):
+    """Every sample loads as its expected training-id mask (pixels marked -1 are not compared)."""
+    assert sorted(dataset.name(i) for i in range(len(dataset))) == sorted(expected)
+    for index in range(len(dataset)):
+        mask, truth = dataset.load_mask(index), expected[dataset.name(index)]
+        compared = truth >= 0
+        assert compared.mean() > 0.7
+        np.testing.assert_array_equal(mask[compared], truth[compared], err_msg=dataset.name(index))
+        assert dataset.load_image(index).shape == (*mask.shape, 3)
+
+
+def test_folder(tmp_path):
+    expected = fixtures.make_folder(tmp_path)
+    dataset = FolderDataset(str(tmp_path), "val")
+    assert_masks(dataset, expected["val"])
+    assert dataset.class_names == ["c0", "c1", "c2"]
+
+
+def test_voc_reads_palette_indices_and_keeps_the_255_border(tmp_path):
+    expected = fixtures.make_voc(tmp_path)
+    # The mask files really are palette PNGs whose colours differ from their indices.
+    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass" / f"{next(iter(expected['train']))}.png"
+    assert Image.open(path).mode == "P"
+    for root in (tmp_path, tmp_path / "VOCdevkit" / "VOC2012"):  # the devkit or VOC2012 itself
+        dataset = VOCDataset(str(root), "train")
+        assert_masks(dataset, expected["train"])
+    assert (dataset.load_mask(0) == 255).any() and len(dataset.class_names) == 21
+    assert_masks(VOCDataset(str(tmp_path), "val"), expected["val"])
+
+
+def test_voc_train_aug_adds_sbd_without_leaking_val(tmp_path):
+    expected = fixtures.make_voc(tmp_path, sbd=True)
+    dataset = VOCDataset(str(tmp_path), "train_aug", sbd_root=str(tmp_path / "SBD" / "dataset"))
+    assert_masks(dataset, expected["train_aug"])  # VOC train + 2 SBD-only ids, no VOC val id
+    assert not set(expected["val"]) & {dataset.name(i) for i in range(len(dataset))}
+    with pytest.raises(DataError, match="sbd_root"):
+        VOCDataset(str(tmp_path), "train_aug")
+    with pytest.raises(
+        DataError, match=r"VOC split 'nope'.*options: \['train', 'val', 'train_aug'\]"
+    ):
+        VOCDataset(str(tmp_path), "nope")
+
+
+def test_cityscapes_maps_label_ids_to_19_train_ids(tmp_path):
+    expected = fixtures.make_cityscapes(tmp_path)
+    dataset = CityscapesDataset(str(tmp_path), "train")
+    assert_masks(dataset, expected["train"])
+    assert len(dataset.class_names) == 19 and dataset.class_names[13] == "car"
+    values = set()
+    for index in range(len(dataset)):
+        values |= set(np.unique(dataset.load_mask(index)).tolist())
+    assert 255 in values and max(v for v in values if v != 255) <= 18
+
+
+def test_cityscapes_missing_mask_is_named(tmp_path):
+    fixtures.make_cityscapes(tmp_path, counts={"val": 2})
+    victim = next((tmp_path / "gtFine" / "val").glob("*/*_labelIds.png"))
+    victim.unlink()
+    with pytest.raises(DataError, match=victim.name):
+        CityscapesDataset(str(tmp_path), "val")
+    lenient = CityscapesDataset(str(tmp_path), "val", strict=False)
+    assert len(lenient) == 1 and victim.name in lenient.problems[0]
+
+
+def test_ade20k_reduce_zero_label(tmp_path):
+    expected = fixtures.make_ade20k(tmp_path)
+    assert_masks(ADE20KDataset(str(tmp_path), "train"), expected["train"])
+    dataset = ADE20KDataset(str(tmp_path / "ADEChallengeData2016"), "validation")
+    assert_masks(dataset, expected["val"])
+    assert len(dataset.class_names) == 150
+    raw = ADE20KDataset(str(tmp_path), "val", reduce_zero_label=False)
+    assert len(raw.class_names) == 151
+    name = raw.name(0)
+    np.testing.assert_array_equal(
+        raw.load_mask(0), np.where(expected["val"][name] == 255, 0, expected["val"][name] + 1)
+    )
+
+
+def test_coco_polygons_rle_crowd_and_overlaps(tmp_path):
+    expected = fixtures.make_coco(tmp_path)
+    dataset = COCODataset(str(tmp_path), "train2017", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset.class_names) == 81 and dataset.class_names[1] == "person"
+    assert_masks(dataset, expected["train2017"])  # the image without annotations is skipped
+    with_empty = COCODataset(
+        str(tmp_path), "val2017", cache_dir=str(tmp_path / "cache"), skip_empty=False
+    )
+    assert len(with_empty) == len(expected["val2017"]) + 1
+    assert (with_empty.load_mask(len(with_empty) - 1) == 0).all()
+
+
+def test_coco_category_subset_is_contiguous(tmp_path):
+    expected = fixtures.make_coco(tmp_path)
+    dataset = COCODataset(
+        str(tmp_path), "val2017", categories=["dog", "person"], cache_dir=str(tmp_path / "c")
+    )
+    assert dataset.class_names == ["background", "dog", "person"]
+    rank = {cid: i + 1 for i, cid in enumerate(sorted(fixtures.COCO_CATEGORIES))}  # all-80 labels
+    # person=1, dog=18; the crowd is of cars, a category not chosen: background, not ignore.
+    remap = {0: 0, rank[1]: 2, rank[18]: 1, 255: 0, -1: -1}
+    subset = {name: np.vectorize(remap.get)(truth) for name, truth in expected["val2017"].items()}
+    assert_masks(dataset, subset)
+    voc = COCODataset(str(tmp_path), "val2017", categories="voc", cache_dir=str(tmp_path / "c"))
+    assert len(voc.class_names) == 21 and voc.class_names[15] == "person"
+    with pytest.raises(DataError, match=r"\['unicorn'\] not in"):
+        COCODataset(str(tmp_path), "val2017", categories=["unicorn"])
+
+
+def test_coco_masks_are_cached_on_first_use(tmp_path):
+    fixtures.make_coco(tmp_path, counts={"val2017": 2})
+    cache = tmp_path / "cache"
+    dataset = COCODataset(str(tmp_path), "val2017", cache_dir=str(cache))
+    assert not list(cache.glob("*/*.png"))
+    first = dataset.load_mask(0)
+    cached = list(cache.glob("*/*.png"))
+    assert len(cached) == 1
+    np.testing.assert_array_equal(read_mask(cached[0]), first)
+    # A second read uses the cache file, not the annotations: prove it by altering the file.
+    Image.fromarray(np.full_like(first, 7)).save(cached[0])
+    assert (dataset.load_mask(0) == 7).all()
+    # Other categories -> another cache folder (the key holds the conversion settings).
+    COCODataset(str(tmp_path), "val2017", categories=["dog"], cache_dir=str(cache)).load_mask(0)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_coco_missing_annotation_file_explains_layout(tmp_path):
+    with pytest.raises(DataError, match="instances_train2017.json"):
+        COCODataset(str(tmp_path), "train2017")
+
+
+@pytest.mark.parametrize(
+    "mode,array",
+    [
+        ("L", np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) % 256),
+        ("RGBA", np.random.default_rng(0).integers(0, 256, (48, 64, 4))),
+        ("I;16", np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 20),
+    ],
+)
+def test_read_image_converts_grayscale_rgba_and_16bit_to_rgb8(tmp_path, mode, array):
+    path = tmp_path / "image.png"
+    if mode == "I;16":
+        Image.fromarray(array.astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(array.astype(np.uint8), mode=mode).save(path)
+    image = read_image(path)
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    if mode == "L":
+        assert (image == array[..., None]).all()
+    elif mode == "RGBA":
+        assert (image == array[..., :3]).all()  # alpha dropped, colours kept
+    else:  # 16-bit scaled to 8 bits: 0 -> 0, 65535 -> 255, monotone
+        np.testing.assert_allclose(image[..., 0], array / 65535 * 255, atol=1)
+
+
+def test_read_image_refuses_float_and_garbage(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match="mode 'F'"):
+        read_image(tmp_path / "f.tif")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_rgb_mask_is_refused_with_the_fix(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match="mask is RGB.*Convert colour-coded masks"):
+        read_mask(tmp_path / "m.png")
