@@ -40,6 +40,7 @@ def build_model(
                 classes=classes,
                 **kwargs,
             )
+        _check_arch_kwargs(smp, arch, encoder_name, kwargs)
         return smp.create_model(
             arch,
             encoder_name=encoder_name,
@@ -66,6 +67,22 @@ def build_model(
             f"model: arch={arch!r} does not take one of the given arguments "
             f"{sorted(kwargs)}: {error}. Remove the key from the model config."
         ) from error
+
+
+def _check_arch_kwargs(smp: Any, arch: str, encoder_name: str, kwargs: dict[str, Any]) -> None:
+    """smp drops unknown keywords silently unless the encoder is a timm one: refuse them here."""
+    import inspect
+
+    model_class = smp.MODEL_ARCHITECTURES_MAPPING.get(arch.lower())
+    if model_class is None or encoder_name.startswith("tu-"):
+        return  # unknown arch: smp's error lists them; tu-: extras go to timm, which checks
+    accepted = set(inspect.signature(model_class.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"model.{unknown[0]}: arch={arch!r} has no argument(s) {unknown}; it accepts "
+            f"{sorted(accepted)}. Fix the key or remove it from the model config."
+        )
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:

@@ -130,3 +130,5 @@ def test_unknown_arch_and_variant_are_clear_errors():
         build_model("fcn", variant="4s")
     with pytest.raises(ValueError, match=r"model.encoder_name='resnet1'.*tu-"):
         build_model("unet", encoder_name="resnet1")
+    with pytest.raises(ValueError, match=r"model.decoder_chanels: arch='unet'.*decoder_channels"):
+        build_model("unet", decoder_chanels=[8, 8, 8, 8, 8])  # smp alone would ignore the typo
