@@ -81,7 +81,8 @@ class DenseCRF:
         crf.addPairwiseBilateral(
             sxy=self.bilateral_sxy,
             srgb=self.bilateral_srgb,
-            rgbim=np.ascontiguousarray(image),
+            # pydensecrf takes a writable C-contiguous buffer; decoded images are often read-only.
+            rgbim=np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]),
             compat=self.bilateral_weight,
         )
         refined = crf.inference(self.iterations)  # (C, H*W) marginals

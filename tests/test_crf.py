@@ -32,6 +32,8 @@ def crf():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_crf_cleans_noisy_probabilities(crf, seed):
     image, probs, truth = two_regions(seed)
+    image.setflags(write=False)  # as decoded images often are
+    probs.setflags(write=False)
     before = (probs.argmax(0) == truth).mean()
     refined = crf(image, probs)
     after = (refined.argmax(0) == truth).mean()
