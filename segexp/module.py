@@ -24,11 +24,13 @@ class SegModule(pl.LightningModule):
     Args:
         net: ``model/`` config (``_target_: segexp.models.build_model`` + arch arguments).
         loss: ``loss/`` config.
-        optimizer: ``optimizer/`` config, a partial torch optimizer (``_partial_: true``).
+        optimizer: ``optimizer/`` config, a partial ``f(module) -> Optimizer``
+            (``segexp.optim.build_optimizer``: parameter groups, encoder LR multiplier).
         scheduler: ``scheduler/`` config, a partial ``f(optimizer, total_steps)``, or None.
         num_classes / ignore_index / class_names: from the data config.
         mean / std: the normalisation the network was trained with (kept for inference).
-        pad_multiple: inputs are padded to this multiple and outputs cropped back.
+        pad_multiple: inputs are padded to this multiple and outputs cropped back;
+            None: the multiple the network needs (``segexp.models.required_multiple``).
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class SegModule(pl.LightningModule):
         class_names: Sequence[str] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        pad_multiple: int = 32,
+        pad_multiple: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -99,10 +101,10 @@ class SegModule(pl.LightningModule):
         self._log_scores("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(self.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(self)  # segexp.optim.build_optimizer
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self.trainer.estimated_stepping_batches  # inf is refused by the schedule
         scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
