@@ -54,10 +54,22 @@ def exportable(module):
 
 
 def export_onnx(net, example, path: Path, opset: int) -> None:
+    import warnings
+
     import torch
 
     # The TorchScript-based exporter (dynamo=False) handles smp models and dynamic axes
     # in seconds; the dynamo exporter needs every shape guard of the encoder to hold symbolically.
+    # Its deprecation notice and tracer warnings say nothing the parity check does not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        _export_onnx(net, example, path, opset)
+
+
+def _export_onnx(net, example, path: Path, opset: int) -> None:
+    import torch
+
     torch.onnx.export(
         net,
         (example,),
@@ -87,6 +99,8 @@ def export_torchscript(net, example, path: Path) -> None:
 
 def run_exported(path: Path, fmt: str, images):
     """The exported model's logits on ``images`` (a CPU float32 tensor), as numpy."""
+    import warnings
+
     import numpy as np
     import torch
 
@@ -100,7 +114,9 @@ def run_exported(path: Path, fmt: str, images):
             ) from error
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"images": images.numpy()})[0]
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return np.asarray(loaded(images).numpy())
 

@@ -121,11 +121,11 @@ def argmax_to_zero(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_evaluate_applies_inference_and_postprocess(setup, compose_cfg):
     root, ckpt = setup
-    # Slide + flip TTA run first (4 windows x 2 flips); the postprocess then decides every
-    # pixel, so the figures are known exactly. (Multi-scale is tested in test_inference.py.)
+    # Slide (2 windows) + flip TTA run first; the postprocess then decides every pixel, so
+    # the figures are known exactly. (Multi-scale is tested in test_inference.py.)
     cfg = eval_cfg(
-        compose_cfg, ckpt, root, "inference=slide", "inference.crop_size=32", "inference.stride=32",
-        "inference.hflip=true",
+        compose_cfg, ckpt, root, "inference=slide", "inference.crop_size=[40,32]",
+        "inference.stride=[40,24]", "inference.hflip=true",
     )  # fmt: skip
     with open_dict(cfg):
         cfg.postprocess = {"_target_": "tests.test_evaluate.argmax_to_zero", "_partial_": True}
@@ -135,6 +135,7 @@ def test_evaluate_applies_inference_and_postprocess(setup, compose_cfg):
     assert metrics["test/pixel_acc"] == pytest.approx(np.mean(target[target != IGNORE] == 0))
 
 
+@pytest.mark.slow
 def test_evaluate_slide_with_crop_over_image_equals_whole(setup, compose_cfg, tmp_path):
     root, ckpt = setup
     whole = evaluate(eval_cfg(compose_cfg, ckpt, root))

@@ -120,3 +120,10 @@ def test_cli_predict_missing_input_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_predict_help_does_not_import_torch():
+    result = run_script("-X", "importtime", "predict.py", "--help")
+    assert result.returncode == 0 and "inference: " in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported
