@@ -53,14 +53,22 @@ def exportable(module):
     return PaddedNet(pad.net, pad.multiple).eval()
 
 
-def export_onnx(net, example, path: Path, opset: int) -> None:
+def export_onnx(net, example, path: Path, opset: int, dynamo: bool = False) -> None:
     import warnings
 
     import torch
 
-    # The TorchScript-based exporter (dynamo=False) handles smp models and dynamic axes
-    # in seconds; the dynamo exporter needs every shape guard of the encoder to hold symbolically.
-    # Its deprecation notice and tracer warnings say nothing the parity check does not.
+    if dynamo:
+        # torch.export-based: sides need min=17 so reflect padding (pad < side) is valid.
+        dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=17)}
+        dims[3] = torch.export.Dim("width", min=17)
+        torch.onnx.export(
+            net, (example,), str(path), input_names=["images"], output_names=["logits"],
+            dynamic_shapes={"images": dims}, opset_version=opset, dynamo=True,
+        )  # fmt: skip
+        return
+    # The TorchScript-based exporter (dynamo=False, the default here) is the faster of the two
+    # on smp models (seconds); its deprecation notice and tracer warnings are silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -166,7 +174,7 @@ def export(cfg: DictConfig) -> dict:
     example = torch.randn(int(cfg.batch_size), 3, int(cfg.height), int(cfg.width))
     with torch.no_grad():
         if cfg.format == "onnx":
-            export_onnx(net, example, path, int(cfg.opset))
+            export_onnx(net, example, path, int(cfg.opset), bool(cfg.get("dynamo", False)))
         else:
             export_torchscript(net, example, path)
     meta = {

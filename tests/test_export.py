@@ -19,11 +19,13 @@ def export_cfg(compose_cfg, ckpt, *overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_has_dynamic_batch_and_size(tmp_path, compose_cfg, fmt):
+@pytest.mark.parametrize(
+    ("fmt", "dynamo"), [("onnx", False), ("onnx", True), ("torchscript", False)]
+)
+def test_export_has_dynamic_batch_and_size(tmp_path, compose_cfg, fmt, dynamo):
     pytest.importorskip("onnxruntime")
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt", compose_cfg, num_classes=3)
-    result = export(export_cfg(compose_cfg, ckpt, f"format={fmt}"))
+    result = export(export_cfg(compose_cfg, ckpt, f"format={fmt}", f"dynamo={dynamo}"))
     path = result["path"]
     assert path == ckpt.with_suffix(".onnx" if fmt == "onnx" else ".pt") and path.is_file()
     assert result["max_abs_diff"] < 1e-3
