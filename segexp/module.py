@@ -77,7 +77,8 @@ class SegModule(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         if stage == "test" and self.inference is not None:
             # log-probabilities stand in for logits: same argmax, same cross-entropy.
-            logits = self.inference.log_probs(self, batch["image"], self.hparams.mean, self.hparams.std)
+            mean, std = self.hparams.mean, self.hparams.std
+            logits = self.inference.log_probs(self, batch["image"], mean, std)
         else:
             logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
