@@ -101,6 +101,8 @@ def predict(cfg: DictConfig) -> dict:
                 images[name] = (read_image(path), path)
             except DataError as error:
                 failed[str(path)] = str(error).split(": ", 1)[-1]
+            except Exception as error:  # PIL raises more than OSError (e.g. decompression bombs)
+                failed[str(path)] = f"cannot read image ({type(error).__name__}: {error})"
         # Only same-sized images can share a batch; sizes may differ from file to file.
         by_size: dict[tuple[int, int], list[str]] = {}
         for name, (image, _) in images.items():
