@@ -50,9 +50,10 @@ def format_report(
         if confmat is not None:
             row += f" {int(confmat[index].sum()):>10}"
         lines.append(row)
-    lines.append(
-        "(n/a: the class is in neither prediction nor target (IoU, Dice) or not in the target (acc))"
-    )
+    if any("n/a" in line for line in lines):
+        lines.append(
+            "(n/a: the class is in neither prediction nor target (IoU, Dice) or not in the target (acc))"
+        )
     return "\n".join(lines)
 
 
