@@ -9,6 +9,10 @@ Averaging (torchmetrics' macro semantics, as in DESIGN.md):
   a class absent from both has no IoU (NaN per class, left out of the mean).
 - mean accuracy averages per-class recall over the classes present in the target.
 - pixel accuracy is correct pixels / labelled pixels.
+- mean Dice averages per-class Dice (2 TP / (target + predicted pixels)) over the
+  same classes as mIoU (present in the prediction or the target).
+- frequency-weighted IoU weights each class's IoU by its share of the labelled
+  target pixels (classes absent from the target weigh 0).
 """
 
 from __future__ import annotations
@@ -30,22 +34,39 @@ def confusion_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
 
     iou = torch.where(union > 0, true_positive / union.clamp_min(1), nan)
     acc = torch.where(target_count > 0, true_positive / target_count.clamp_min(1), nan)
+    both = target_count + pred_count
+    dice = torch.where(both > 0, 2 * true_positive / both.clamp_min(1), nan)
     total = confmat.sum()
+    # Weights are zero exactly where IoU may be NaN (class absent from the target), so drop those.
+    frequency = target_count / total.clamp_min(1)
+    fw_iou = torch.where(target_count > 0, frequency * iou.nan_to_num(0.0), 0.0).sum()
     return {
         "mIoU": iou.nanmean() if (union > 0).any() else nan,
         "pixel_acc": true_positive.sum() / total if total > 0 else nan,
         "mean_acc": acc.nanmean() if (target_count > 0).any() else nan,
+        "mean_dice": dice.nanmean() if (both > 0).any() else nan,
+        "fw_iou": fw_iou if total > 0 else nan,
         "iou": iou,
         "acc": acc,
+        "dice": dice,
     }
 
 
+SUMMARY_KEYS = ("mIoU", "pixel_acc", "mean_acc", "mean_dice", "fw_iou")
+PER_CLASS_KEYS = ("iou", "acc", "dice")
+
+
 def flat_scores(confmat: torch.Tensor, class_names: Sequence[str], prefix: str) -> dict[str, float]:
-    """The logged names of DESIGN.md: ``<prefix>/mIoU``, ``<prefix>/iou/<class>``, ..."""
+    """The logged names of DESIGN.md: ``<prefix>/mIoU``, ``<prefix>/iou/<class>``, ...
+
+    Also ``<prefix>/mean_dice``, ``<prefix>/fw_iou``, ``<prefix>/acc/<class>`` and
+    ``<prefix>/dice/<class>``.
+    """
     scores = confusion_scores(confmat)
-    flat = {f"{prefix}/{key}": float(scores[key]) for key in ("mIoU", "pixel_acc", "mean_acc")}
-    for name, value in zip(class_names, scores["iou"].tolist()):
-        flat[f"{prefix}/iou/{name}"] = value
+    flat = {f"{prefix}/{key}": float(scores[key]) for key in SUMMARY_KEYS}
+    for key in PER_CLASS_KEYS:
+        for name, value in zip(class_names, scores[key].tolist()):
+            flat[f"{prefix}/{key}/{name}"] = value
     return flat
 
 

@@ -61,6 +61,10 @@ class SegModule(pl.LightningModule):
             }
         )
         self.run_config: dict | None = None  # the full run config, stored in checkpoints
+        # evaluate.py sets a segexp.inference.Inference (slide / TTA / postprocess) for test_step;
+        # None: plain forward, as in training. The last computed confusion matrix per stage is kept.
+        self.inference = None
+        self.last_confmat: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes, H, W) logits."""
@@ -73,7 +77,12 @@ class SegModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
+        if stage == "test" and self.inference is not None:
+            # log-probabilities stand in for logits: same argmax, same cross-entropy.
+            mean, std = self.hparams.mean, self.hparams.std
+            logits = self.inference.log_probs(self, batch["image"], mean, std)
+        else:
+            logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
         self.confmats[stage].update(logits.argmax(dim=1), batch["mask"])  # (B, C, H, W) -> (B, H, W)
@@ -88,7 +97,9 @@ class SegModule(pl.LightningModule):
     def _log_scores(self, stage: str) -> None:
         confmat = self.confmats[stage]
         # compute() gathers the states of all processes, so every rank logs the global figures.
-        scores = flat_scores(confmat.compute(), self.class_names, stage)
+        matrix = confmat.compute()
+        self.last_confmat[stage] = matrix.detach().cpu()
+        scores = flat_scores(matrix, self.class_names, stage)
         prog = {f"{stage}/mIoU"}
         for name, value in scores.items():
             self.log(name, value, prog_bar=name in prog)

@@ -16,18 +16,24 @@ def numpy_reference(pred: np.ndarray, target: np.ndarray, num_classes: int) -> d
     """Textbook definitions, computed pixel by pixel without a confusion-matrix library."""
     valid = target != IGNORE
     pred, target = pred[valid], target[valid]
-    ious, accs = [], []
+    ious, accs, dices, fw_iou = [], [], [], 0.0
     for c in range(num_classes):
         tp = np.sum((pred == c) & (target == c))
         fp = np.sum((pred == c) & (target != c))
         fn = np.sum((pred != c) & (target == c))
         ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
         accs.append(tp / (tp + fn) if tp + fn else np.nan)
+        dices.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan)
+        if tp + fn:
+            fw_iou += (tp + fn) / target.size * ious[-1]
     return {
         "iou": np.array(ious),
         "acc": np.array(accs),
+        "dice": np.array(dices),
         "mIoU": np.nanmean(ious),
         "mean_acc": np.nanmean(accs),
+        "mean_dice": np.nanmean(dices),
+        "fw_iou": fw_iou,
         "pixel_acc": np.mean(pred == target),
     }
 
@@ -56,11 +62,13 @@ def test_scores_match_numpy_reference(seed):
 
     np.testing.assert_allclose(scores["iou"].numpy(), ref["iou"], equal_nan=True)
     np.testing.assert_allclose(scores["acc"].numpy(), ref["acc"], equal_nan=True)
-    for key in ("mIoU", "mean_acc", "pixel_acc"):
+    np.testing.assert_allclose(scores["dice"].numpy(), ref["dice"], equal_nan=True)
+    for key in ("mIoU", "mean_acc", "pixel_acc", "mean_dice", "fw_iou"):
         assert float(scores[key]) == pytest.approx(ref[key])
     # A class absent from prediction and target has no IoU; one predicted but absent has IoU 0.
     assert np.isnan(scores["iou"][5])
     assert scores["iou"][4] == 0
+    assert np.isnan(scores["acc"][4]) and np.isnan(scores["dice"][5]) and scores["dice"][4] == 0
 
 
 def test_miou_equals_torchmetrics_macro_jaccard():
@@ -69,7 +77,9 @@ def test_miou_equals_torchmetrics_macro_jaccard():
     confmat.update(torch.from_numpy(pred), torch.from_numpy(target))
     jaccard = MulticlassJaccardIndex(6, average="macro", ignore_index=IGNORE)
     jaccard.update(torch.from_numpy(pred), torch.from_numpy(target))
-    assert float(confusion_scores(confmat.compute())["mIoU"]) == pytest.approx(float(jaccard.compute()))
+    assert float(confusion_scores(confmat.compute())["mIoU"]) == pytest.approx(
+        float(jaccard.compute())
+    )
 
 
 def test_flat_scores_use_design_names():
@@ -78,5 +88,22 @@ def test_flat_scores_use_design_names():
     confmat.update(torch.from_numpy(pred), torch.from_numpy(target))
     names = ["bg", "a", "b", "c", "d", "e"]
     flat = flat_scores(confmat.compute(), names, "val")
-    assert {"val/mIoU", "val/pixel_acc", "val/mean_acc"} <= set(flat)
-    assert [k for k in flat if k.startswith("val/iou/")] == [f"val/iou/{n}" for n in names]
+    assert {"val/mIoU", "val/pixel_acc", "val/mean_acc", "val/mean_dice", "val/fw_iou"} <= set(flat)
+    for key in ("iou", "acc", "dice"):
+        assert [k for k in flat if k.startswith(f"val/{key}/")] == [f"val/{key}/{n}" for n in names]
+    ref = numpy_reference(pred, target, 6)
+    assert flat["val/acc/b"] == pytest.approx(ref["acc"][2])
+    assert flat["val/fw_iou"] == pytest.approx(ref["fw_iou"])
+
+
+def test_dice_and_fw_iou_on_a_hand_computed_case():
+    # target: 3 px of class 0, 1 px of class 1; prediction gets one class-0 pixel wrong.
+    target = torch.tensor([[0, 0, 0, 1]])
+    pred = torch.tensor([[0, 0, 1, 1]])
+    confmat = MulticlassConfusionMatrix(3, ignore_index=IGNORE)
+    confmat.update(pred, target)
+    scores = confusion_scores(confmat.compute())
+    # IoU: class 0 = 2/3, class 1 = 1/2; Dice: 4/5 and 2/3; class 2 absent everywhere.
+    assert float(scores["mean_dice"]) == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert float(scores["fw_iou"]) == pytest.approx(0.75 * 2 / 3 + 0.25 * 0.5)
+    assert float(scores["mIoU"]) == pytest.approx((2 / 3 + 1 / 2) / 2)

@@ -1,0 +1,183 @@
+"""evaluate.py: every reported figure against an independent numpy computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+
+from evaluate import evaluate
+from segexp.checkpoint import load_module
+from segexp.datasets.base import DataError
+from segexp.report import format_report, plot_confusion, read_confusion_csv, write_confusion_csv
+from tests.conftest import run_script
+from tests.test_metrics import numpy_reference
+from tests.tiny_checkpoint import IGNORE, normalise, write_checkpoint, write_folder_dataset
+
+NUM_CLASSES = 4
+# Targets hold classes 0-2; class 2 is never predicted (target only), class 3 is in neither.
+NEVER_PREDICT = (2, 3)
+
+
+@pytest.fixture
+def setup(tmp_path, compose_cfg):
+    root = write_folder_dataset(tmp_path / "folder", labels=(0, 1, 2))
+    ckpt = write_checkpoint(
+        tmp_path / "ckpt" / "tiny.ckpt", compose_cfg, NUM_CLASSES, NEVER_PREDICT
+    )
+    return root, ckpt
+
+
+def numpy_predictions(ckpt: Path, root: Path, split: str, postprocess=None):
+    """Each image through the network on its own, argmax'd; masks read with PIL: flat arrays."""
+    module = load_module(ckpt).eval()
+    preds, targets = [], []
+    for image_path in sorted((root / "images" / split).glob("*.png")):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        with torch.no_grad():
+            logits = module(normalise(image, module.hparams.mean, module.hparams.std))[0]
+        pred = logits.argmax(0).numpy()
+        if postprocess is not None:
+            pred = postprocess(pred)
+        preds.append(pred.ravel())
+        targets.append(np.asarray(Image.open(root / "masks" / split / image_path.name)).ravel())
+    return np.concatenate(preds), np.concatenate(targets).astype(np.int64)
+
+
+def numpy_confmat(pred, target, num_classes):
+    valid = target != IGNORE
+    return np.bincount(target[valid] * num_classes + pred[valid], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def eval_cfg(compose_cfg, ckpt, root, *overrides):
+    cfg = compose_cfg(
+        [
+            f"ckpt_path={ckpt}",
+            "data=folder",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "batch_size=2",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ],
+        config_name="eval",
+    )
+    return cfg
+
+
+def check_against_numpy(metrics, run, pred, target, split):
+    ref = numpy_reference(pred, target, NUM_CLASSES)
+    names = [f"c{i}" for i in range(NUM_CLASSES)]
+    for key in ("mIoU", "pixel_acc", "mean_acc", "mean_dice", "fw_iou"):
+        # Lightning logs float32: 1e-6 relative.
+        assert metrics[f"{split}/{key}"] == pytest.approx(ref[key], rel=1e-6, abs=1e-7), key
+    for key in ("iou", "acc", "dice"):
+        for index, name in enumerate(names):
+            value = metrics[f"{split}/{key}/{name}"]
+            if np.isnan(ref[key][index]):
+                assert np.isnan(value), (key, name)
+            else:
+                assert value == pytest.approx(ref[key][index], rel=1e-6, abs=1e-7), (key, name)
+    written = json.loads((run / "metrics.json").read_text())
+    assert written[f"{split}/mIoU"] == pytest.approx(ref["mIoU"])
+    assert written[f"{split}/iou/c3"] is None  # NaN is written as null
+    csv_names, confmat = read_confusion_csv(run / "confusion.csv")
+    assert csv_names == names
+    np.testing.assert_array_equal(confmat, numpy_confmat(pred, target, NUM_CLASSES))
+    with Image.open(run / "confusion.png") as png:
+        assert png.format == "PNG" and min(png.size) > 200
+
+
+@pytest.mark.slow
+def test_evaluate_folder_matches_numpy(setup, compose_cfg, capsys):
+    root, ckpt = setup
+    cfg = eval_cfg(compose_cfg, ckpt, root, "split=val")
+    metrics = evaluate(cfg)
+    pred, target = numpy_predictions(ckpt, root, "val")
+    # The test data must exercise the edge cases: ignored pixels, classes absent from pred/target.
+    assert (target == IGNORE).any() and not (pred == 2).any() and not (target == 3).any()
+    assert (target == 2).any() and len(set(pred.tolist())) >= 2
+    check_against_numpy(metrics, Path(cfg.paths.output_dir), pred, target, "val")
+    printed = capsys.readouterr().out
+    for text in ("mean Dice", "frequency-weighted IoU", "val/mIoU", "c2", "confusion.png"):
+        assert text in printed
+
+
+def argmax_to_zero(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """A postprocess for tests: all probability on class 0."""
+    out = np.zeros_like(probs)
+    out[0] = 1.0
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_applies_inference_and_postprocess(setup, compose_cfg):
+    root, ckpt = setup
+    # Slide (2 windows) + flip TTA run first; the postprocess then decides every pixel, so
+    # the figures are known exactly. (Multi-scale is tested in test_inference.py.)
+    cfg = eval_cfg(
+        compose_cfg, ckpt, root, "inference=slide", "inference.crop_size=[40,32]",
+        "inference.stride=[40,24]", "inference.hflip=true",
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.postprocess = {"_target_": "tests.test_evaluate.argmax_to_zero", "_partial_": True}
+    metrics = evaluate(cfg)
+    pred, target = numpy_predictions(ckpt, root, "test", postprocess=np.zeros_like)
+    check_against_numpy(metrics, Path(cfg.paths.output_dir), pred, target, "test")
+    assert metrics["test/pixel_acc"] == pytest.approx(np.mean(target[target != IGNORE] == 0))
+
+
+@pytest.mark.slow
+def test_evaluate_slide_with_crop_over_image_equals_whole(setup, compose_cfg, tmp_path):
+    root, ckpt = setup
+    whole = evaluate(eval_cfg(compose_cfg, ckpt, root))
+    slide_cfg = eval_cfg(compose_cfg, ckpt, root, "inference=slide", "inference.crop_size=64")
+    slide_cfg.paths.output_dir = str(tmp_path / "slide")
+    slide = evaluate(slide_cfg)
+    for key in ("test/mIoU", "test/pixel_acc", "test/iou/c0", "test/loss"):
+        assert slide[key] == pytest.approx(whole[key], abs=1e-6)
+
+
+def test_report_files_round_trip(tmp_path):
+    confmat = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 0]])
+    names = ["sky", "road", "car"]
+    write_confusion_csv(confmat, names, tmp_path / "c.csv")
+    assert read_confusion_csv(tmp_path / "c.csv") == (names, pytest.approx(confmat))
+    assert (tmp_path / "c.csv").read_text().splitlines()[0] == "target \\ predicted,sky,road,car"
+    plot_confusion(confmat, names, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    table = format_report(
+        {"val/mIoU": 0.5, "val/iou/sky": 0.25, "val/iou/car": float("nan")}, names, "val", confmat
+    )
+    assert "mean IoU" in table and "0.5000" in table and "n/a" in table
+    assert [
+        line.split()[-1] for line in table.splitlines() if line.startswith(("sky", "road"))
+    ] == ["6", "9"]
+
+
+@pytest.mark.slow
+def test_cli_evaluate_writes_report(setup, tmp_path):
+    root, ckpt = setup
+    out = tmp_path / "eval"
+    result = run_script(
+        "evaluate.py", f"ckpt_path={ckpt}", "data=folder", f"data.root={root}", "data.num_workers=0",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("metrics.json", "confusion.csv", "confusion.png", "run_info.json"):
+        assert (out / name).is_file(), name
+    assert "mean class accuracy" in result.stdout and "test/fw_iou" in result.stdout
+
+
+def test_evaluate_missing_split_is_a_clear_error(setup, compose_cfg):
+    root, ckpt = setup
+    with pytest.raises(DataError, match="no folder .*images/train"):
+        evaluate(eval_cfg(compose_cfg, ckpt, root, "split=train"))
