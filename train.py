@@ -54,12 +54,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(model.run_config)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
+    }
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        )
 
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -69,8 +73,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.optimized_metric)
+    from segexp.sweeps import run_job
+
+    # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":
