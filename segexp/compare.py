@@ -48,6 +48,20 @@ def find_runs(root: str | Path) -> list[Path]:
     )
 
 
+def _scalar(text: str) -> Any:
+    """'3' -> 3, '1e-3' -> 0.001 (YAML 1.1 would keep it a string), 'false' -> False, else the text."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return parsed if isinstance(parsed, (bool, str)) or parsed is None else text
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """['model=fpn', 'optimizer.lr=0.001', '+x=1'] -> {'model': 'fpn', 'optimizer.lr': 0.001, 'x': 1}."""
     params: dict[str, Any] = {}
@@ -55,11 +69,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if "=" not in override:  # '~key' deletions carry no value
             continue
         key, value = override.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        params[key.lstrip("+~")] = parsed if isinstance(parsed, (int, float, bool, str)) else value
+        params[key.lstrip("+~")] = _scalar(value)
     return params
 
 
