@@ -183,6 +183,7 @@ def plot_metric_vs_params(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
     for ax, param in zip(axes[0], params):
@@ -193,6 +194,7 @@ def plot_metric_vs_params(
             positive = [v for v in values if v > 0]
             if len(positive) == len(values) and max(values) / min(values) > 20:
                 ax.set_xscale("log")  # learning rates and weight decays span decades
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlap
         else:
             categories = sorted({_fmt(v) for v in values})
             positions = [categories.index(_fmt(v)) for v in values]
@@ -224,9 +226,9 @@ def read_curve(run_dir: Path, column: str) -> tuple[list[float], list[float]]:
 
 
 def plot_learning_curves(
-    runs: list[dict[str, Any]], metric: str, path: Path, top_k: int = 3
+    runs: list[dict[str, Any]], metric: str, path: Path, top_k: int = 3, params: Sequence[str] = ()
 ) -> Path | None:
-    """The metric and the training loss per epoch of the best ``top_k`` runs."""
+    """The metric and the training loss per epoch of the best ``top_k`` runs, labelled by ``params``."""
     best = [r for r in runs if _metric(r, metric) is not None][:top_k]
     curves = [
         (r, read_curve(r["dir"], metric), read_curve(r["dir"], "train/loss_epoch")) for r in best
@@ -241,7 +243,8 @@ def plot_learning_curves(
 
     fig, (ax_metric, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for run, (epochs, values), (loss_epochs, losses) in curves:
-        label = f"{run['run']} ({_metric(run, metric):.3f})"
+        varied = ",".join(f"{p.split('.')[-1]}={_fmt(run['params'].get(p))}" for p in params)
+        label = f"{run['run']} {varied[:60]} ({_metric(run, metric):.3f})"
         ax_metric.plot(epochs, values, marker="o", label=label)
         ax_loss.plot(loss_epochs, losses, marker="o", label=label)
     ax_metric.set(xlabel="epoch", ylabel=metric, title=f"{metric}, best {len(curves)}")
@@ -298,7 +301,7 @@ def compare(
             p
             for p in (
                 plot_metric_vs_params(runs, varying, metric, out / "metric_vs_params.png"),
-                plot_learning_curves(runs, metric, out / "learning_curves.png", top_k),
+                plot_learning_curves(runs, metric, out / "learning_curves.png", top_k, varying),
             )
             if p
         ]
