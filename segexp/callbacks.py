@@ -87,6 +87,7 @@ class SegImageLogger(pl.Callback):
         self._images: list[torch.Tensor] = []
         self._masks: list[torch.Tensor] = []
         self._last_val_confmat: torch.Tensor | None = None
+        self._logged_epoch: int | None = None
 
     # -- the fixed images: collected once, from the first validation batches ---------------
     def _have_images(self) -> int:
@@ -110,25 +111,21 @@ class SegImageLogger(pl.Callback):
 
     def _due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
         return epoch % self.every_n_epochs == 0 or last
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        logger = find_wandb_logger(trainer)  # the same on every rank (rank > 0 has a dummy run)
+        if trainer.sanity_checking or logger is None:
             return
         if self.log_tables and "val" in getattr(pl_module, "confmats", {}):
             # Callbacks run before the module's hook, which resets the matrix; every rank
             # computes (it syncs under DDP), only rank 0 logs.
             self._last_val_confmat = pl_module.confmats["val"].compute().detach().cpu()
-        logger = find_wandb_logger(trainer)
-        if (
-            logger is None
-            or not trainer.is_global_zero
-            or not self._images
-            or not self._due(trainer)
-        ):
+        if not trainer.is_global_zero or not self._images or not self._due(trainer):
             return
         self._log_images(trainer, pl_module, logger)
+        self._logged_epoch = trainer.current_epoch
 
     def _log_images(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, logger: WandbLogger
@@ -195,10 +192,20 @@ class SegImageLogger(pl.Callback):
         )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = find_wandb_logger(trainer)
+        last_epoch = trainer.current_epoch - 1  # fit has already moved past the last epoch
+        if logger and trainer.is_global_zero and self._images and self._logged_epoch != last_epoch:
+            # Training stopped before max_epochs (early stopping): show where it ended.
+            was_training = pl_module.training
+            pl_module.eval()  # BatchNorm must not update its statistics on these images
+            self._log_images(trainer, pl_module, logger)
+            pl_module.train(was_training)
         if self.log_tables and self._last_val_confmat is not None:
             self._log_tables(trainer, pl_module, self._last_val_confmat, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if find_wandb_logger(trainer) is None:
+            return
         if self.log_tables and "test" in getattr(pl_module, "confmats", {}):
             confmat = pl_module.confmats["test"].compute().detach().cpu()
             self._log_tables(trainer, pl_module, confmat, "test")

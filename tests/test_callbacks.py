@@ -16,7 +16,9 @@ def test_denormalize_undoes_the_pipeline() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    normalised = A.Normalize(mean=mean, std=std)(image=image)["image"]  # what the data pipeline does
+    normalised = A.Normalize(mean=mean, std=std)(image=image)[
+        "image"
+    ]  # what the data pipeline does
     tensor = torch.from_numpy(normalised).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
     np.testing.assert_array_equal(denormalize(tensor, mean, std)[0], image)
 
@@ -50,6 +52,25 @@ def test_without_wandb_collects_nothing() -> None:
     batch = {"image": torch.zeros(2, 3, 8, 8), "mask": torch.zeros(2, 8, 8, dtype=torch.long)}
     logger.on_validation_batch_end(trainer, None, None, batch, 0)
     assert logger._images == []
+
+
+def test_fit_end_logs_images_when_stopped_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early stopping after epoch 4 of every-5: the images of where training ended are still logged."""
+    import segexp.callbacks
+
+    calls = []
+    callback = SegImageLogger(num_images=1, every_n_epochs=5, log_tables=False)
+    monkeypatch.setattr(segexp.callbacks, "find_wandb_logger", lambda trainer: "wandb")
+    monkeypatch.setattr(
+        callback, "_log_images", lambda trainer, module, logger: calls.append(module.training)
+    )
+    callback._images = [torch.zeros(1, 3, 8, 8)]
+    module = torch.nn.Linear(1, 1).train()
+    callback.on_fit_end(SimpleNamespace(current_epoch=4, is_global_zero=True), module)
+    assert calls == [False] and module.training  # logged in eval mode, train mode restored
+    callback._logged_epoch = 3  # already logged after the last epoch (index 3): not again
+    callback.on_fit_end(SimpleNamespace(current_epoch=4, is_global_zero=True), module)
+    assert calls == [False]
 
 
 @pytest.mark.slow
