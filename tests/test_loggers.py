@@ -140,6 +140,9 @@ def test_multirun_gives_one_run_per_job_in_one_group(wandb_multirun: Path) -> No
         for key in ("val/mIoU", "test/mIoU", "test/pixel_acc"):
             assert run["summary"][key] == pytest.approx(final[key])
     assert runs["0"]["run_id"] != runs["1"]["run_id"]
+    # The sweep summary (a Hydra callback) ranks both jobs by val/mIoU.
+    summary = (wandb_multirun / "compare.md").read_text()
+    assert summary.startswith("| rank | run | status | val/mIoU") and summary.count("| done |") == 2
 
 
 @pytest.mark.slow

@@ -140,6 +140,26 @@ def test_run_job_failed_and_nan_jobs(compose_cfg) -> None:
         run_job(crash, cfg, multirun=False)
 
 
+def test_run_job_finishes_the_wandb_run_of_a_failed_job(compose_cfg, monkeypatch) -> None:
+    """The next job of the sweep must not log into the failed job's W&B run."""
+    import wandb
+
+    from segexp.loggers import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg()
+    run_dir = Path(cfg.paths.output_dir)
+
+    def crash(_):
+        wandb.init(project="segexp-test", dir=str(run_dir), mode="offline").log({"train/loss": 1.0})
+        raise RuntimeError("diverged")
+
+    assert run_job(crash, cfg, multirun=True) is None
+    assert wandb.run is None
+    run = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
+    assert run["exit_code"] == 1 and run["summary"]["train/loss"] == 1.0
+
+
 @pytest.mark.slow
 def test_optuna_sweep_survives_failed_trial_and_records_best(
     tmp_path: Path, data_dir: Path
