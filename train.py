@@ -54,16 +54,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(model.run_config)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
-    }
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(
-            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        )
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
 
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
