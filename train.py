@@ -73,8 +73,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.optimized_metric)
+    from segexp.sweeps import run_job
+
+    # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":

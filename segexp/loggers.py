@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,70 @@ def wandb_mode(offline: bool | None = None) -> str:
     return "online" if wandb_credentials_present() else "offline"
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_run_id(run_dir: str | os.PathLike) -> str | None:
+    """The W&B run id saved in a run folder (``wandb_id.txt``), or None if it has none.
+
+    A resumed run passes it on (``logger.wandb.id=...``, or simply by reusing the
+    run folder) so that W&B continues the same run instead of starting a new one.
+    """
+    try:
+        text = (Path(run_dir) / WANDB_ID_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return text or None
+
+
+def _is_rank_zero() -> bool:
+    # The env variables Lightning and SLURM set for each process; absent in a 1-process run.
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var) not in (None, "", "0"):
+            return False
+    return True
+
+
+def _choose_run_id(run_dir: Path, run_id: str | None) -> str | None:
+    """This run's W&B id: explicit, else the W&B agent's, else the one saved in the folder, else new.
+
+    Saved in the run folder before W&B starts, so a run killed at any point can be continued.
+    """
+    agent_id = os.environ.get("WANDB_RUN_ID")  # set by `wandb agent`: the sweep owns the id
+    if agent_id and not run_id:
+        run_id = agent_id
+    run_id = run_id or wandb_run_id(run_dir)
+    if not _is_rank_zero():
+        return run_id  # only rank 0 logs; other ranks must not race on the file
+    if not run_id:
+        # W&B's own id format (8 of [a-z0-9]); wandb moved its generator between versions.
+        alphabet = string.ascii_lowercase + string.digits
+        run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+    return run_id
+
+
+def run_config_extras(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What W&B records besides the resolved config: Hydra choices, overrides, code, packages."""
+    from segexp.rundir import run_metadata
+    from segexp.sweeps import hydra_context
+
+    context = hydra_context() or {}
+    meta = run_metadata()
+    return {
+        "hydra_choices": context.get("choices", {}),
+        "overrides": context.get("overrides", []),
+        "run": {
+            "dir": str(Path(run_dir).resolve()),
+            "git_commit": meta["git"]["commit"],
+            "git_dirty": meta["git"]["dirty"],
+            "command": " ".join(meta["command"]),
+            "packages": meta["packages"],
+            "host": meta["host"],
+        },
+    }
+
+
 def wandb_logger(
     save_dir: str,
     project: str = "segexp",
@@ -44,13 +110,33 @@ def wandb_logger(
     job_type: str = "train",
     offline: bool | None = None,
     log_model: bool = False,
+    id: str | None = None,
     **kwargs: Any,
 ):
-    """A Lightning ``WandbLogger`` that writes under the run folder and never prompts for a login."""
+    """A Lightning ``WandbLogger`` that writes under the run folder and never prompts for a login.
+
+    ``name`` defaults to the overrides (``model=fpn,loss=dice``); ``group`` to the
+    multirun's sweep folder, so a sweep's jobs sit together in the dashboard; ``id``
+    to the one saved in ``<save_dir>/wandb_id.txt`` (a resumed run continues its W&B
+    run), else a new one that is saved there. The config W&B receives at start
+    holds Hydra's choices, the overrides, git commit/dirty, packages, command line
+    and run folder; train.py adds the resolved config.
+    """
     from pytorch_lightning.loggers import WandbLogger
 
+    from segexp.sweeps import hydra_context, run_name, sweep_group
+
+    run_dir = Path(save_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context = hydra_context() or {}
+    in_wandb_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # the W&B sweep already groups its runs
+    if name is None:
+        name = run_name(
+            context.get("overrides", []), context.get("job_num"), context.get("fixed_keys", ())
+        )
+    if group is None and not in_wandb_sweep:
+        group = sweep_group(context.get("sweep_dir"))
     mode = wandb_mode(offline)
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -62,5 +148,68 @@ def wandb_logger(
         offline=mode == "offline",
         mode=mode,
         log_model=log_model,
+        id=_choose_run_id(run_dir, id),
+        config=run_config_extras(run_dir),
         **kwargs,
     )
+
+
+def finish_wandb(metrics: dict[str, float] | None = None, exit_code: int = 0) -> None:
+    """Put the final metrics in the W&B summary and close the run, so the next multirun job gets its own.
+
+    A no-op when W&B was never imported or has no active run (e.g. ``logger=csv``, or rank > 0).
+    """
+    import math
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    if metrics:
+        # NaN -> None: the summary keeps "no value" rather than a NaN that breaks sorting in the UI.
+        wandb.run.summary.update(
+            {key: None if math.isnan(value) else value for key, value in metrics.items()}
+        )
+    wandb.finish(exit_code=exit_code)
+
+
+def offline_runs(run_dir: str | os.PathLike) -> list[Path]:
+    """The offline W&B runs a run folder holds (``wandb/offline-run-*``), oldest first."""
+    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+
+def read_offline_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an offline W&B run back with wandb's own reader (``wandb leet inspect``).
+
+    Returns ``wandb leet inspect --summary --json`` (config, summary, name, run_id,
+    state, ...) plus ``group`` and ``history`` (every logged row) from the run's records.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("wandb")
+    exe = str(exe) if exe.exists() else shutil.which("wandb")
+    if exe is None:
+        raise FileNotFoundError("read_offline_run: no `wandb` command next to Python or on PATH")
+
+    def inspect(*args: str) -> str:
+        result = subprocess.run(
+            [exe, "leet", "inspect", *args, str(path)], capture_output=True, text=True, timeout=120
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"wandb leet inspect {' '.join(args)} {path} failed: {result.stderr.strip()}"
+            )
+        return result.stdout
+
+    run = json.loads(inspect("--summary", "--json"))
+    run["group"], run["history"] = None, []
+    for line in inspect("--json").splitlines():
+        record = json.loads(line)
+        if record.get("type") == "run":
+            run["group"] = record["run"].get("run_group")
+        elif record.get("type") == "history":
+            run["history"].append(record["history"]["item"])
+    return run
