@@ -61,6 +61,8 @@ write_config() {
   # RealMemory a little under the machine's: slurmd drains a node that reports less than configured.
   mem_mb=$(($(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024))
   mkdir -p "$CONF_DIR" "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR" "$RUN_DIR"
+  local previous=""
+  [[ -f "$CONF_DIR/slurm.conf" ]] && previous=$(cat "$CONF_DIR/slurm.conf")
   cat >"$CONF_DIR/slurm.conf" <<EOF
 # Written by scripts/local_slurm.sh: one node (this machine), one partition.
 ClusterName=$CLUSTER
@@ -79,11 +81,15 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# Schedule every few seconds (defaults: 60 s main loop, 30 s backfill): jobs start promptly here.
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-# Requeued jobs (Lightning's auto-requeue) start again without waiting.
+# Jobs may be requeued (Lightning's auto-requeue). A requeued job waits cred_expire + 1 s
+# before it may start again (default 120 s); 10 s keeps the requeue test short.
 JobRequeue=1
+AuthInfo=cred_expire=10
 # Accounting, so that sacct (which submitit polls) knows every job.
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -106,6 +112,9 @@ StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$CONF_DIR/slurmdbd.conf"  # slurmdbd refuses a readable file holding a password
+  if [[ -n "$previous" && "$previous" != "$(cat "$CONF_DIR/slurm.conf")" ]]; then
+    CONFIG_CHANGED=1
+  fi
   say "wrote $CONF_DIR/slurm.conf (CPUs=$cpus RealMemory=${mem_mb}MB) and slurmdbd.conf"
 }
 
@@ -143,6 +152,11 @@ start_slurm() {
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
     say "registered cluster $CLUSTER in accounting"
   fi
+  if [[ -n "${CONFIG_CHANGED:-}" ]] && running $RUN_DIR/slurmctld.pid; then
+    # A changed slurm.conf: restart the SLURM daemons (some settings need more than reconfigure).
+    stop_pidfile slurmd $RUN_DIR/slurmd.pid
+    stop_pidfile slurmctld $RUN_DIR/slurmctld.pid
+  fi
   if running $RUN_DIR/slurmctld.pid; then say "slurmctld already running"; else
     slurmctld
     wait_for 30 slurmctld scontrol ping
@@ -150,6 +164,7 @@ start_slurm() {
   fi
   if running $RUN_DIR/slurmd.pid; then say "slurmd already running"; else
     slurmd -N localhost
+    wait_for 10 "slurmd's pid file" test -s $RUN_DIR/slurmd.pid
     say "started slurmd -N localhost (pid $(cat $RUN_DIR/slurmd.pid))"
   fi
   # A node left DOWN/DRAIN by an earlier run (e.g. a changed config) is put back in service.

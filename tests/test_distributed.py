@@ -98,19 +98,19 @@ def test_requeued_slurm_job_resumes_from_newest_checkpoint(compose_cfg, monkeypa
 
 def test_lr_scaling_rules(compose_cfg):
     cfg = compose_cfg(
-        ["trainer=ddp_cpu", "trainer.devices=4", "+lr_scaling=linear", "optimizer.lr=0.001"]
+        ["trainer=ddp_cpu", "trainer.devices=4", "lr_scaling=linear", "optimizer.lr=0.001"]
     )
     assert distributed.scale_learning_rate(cfg) == pytest.approx(0.004)
     cfg = compose_cfg(
-        ["trainer=ddp_cpu", "trainer.devices=4", "+lr_scaling=sqrt", "optimizer.lr=0.001"]
+        ["trainer=ddp_cpu", "trainer.devices=4", "lr_scaling=sqrt", "optimizer.lr=0.001"]
     )
     assert distributed.scale_learning_rate(cfg) == pytest.approx(0.002)
     cfg = compose_cfg(["trainer=ddp_cpu", "optimizer.lr=0.001"])
     assert distributed.scale_learning_rate(cfg) is None and cfg.optimizer.lr == 0.001
     with pytest.raises(ValueError, match=r"lr_scaling='cube'.*valid: linear, sqrt"):
-        distributed.scale_learning_rate(compose_cfg(["+lr_scaling=cube"]))
+        distributed.scale_learning_rate(compose_cfg(["lr_scaling=cube"]))
     with pytest.raises(ValueError, match=r"trainer.devices='auto'.*set trainer.devices=N"):
-        distributed.scale_learning_rate(compose_cfg(["+lr_scaling=linear", "trainer.devices=auto"]))
+        distributed.scale_learning_rate(compose_cfg(["lr_scaling=linear", "trainer.devices=auto"]))
 
 
 def test_ddp_configs_compose():
