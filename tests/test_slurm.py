@@ -6,9 +6,7 @@ Skipped, with the reason, when no cluster answers (`sinfo` missing or failing).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -114,76 +112,58 @@ def test_slurm_sweep_runs_two_jobs(tmp_path, shared_data):
         assert "SLURM auto-requeueing enabled" in log  # Lightning saw the SLURM environment
 
 
-def test_slurm_ddp_job_with_two_tasks(tmp_path, shared_data):
-    sweep = tmp_path / "sweep"
-    result = run_script(
-        "train.py", "-m", *DDP_TINY, shared_data, *SLURM,
-        "trainer=ddp_cpu", "trainer.devices=2", f"hydra.sweep.dir={sweep}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit") == ["0"]
-    (job_id,) = submitit_jobs(sweep)
-    folder = sweep / ".submitit" / job_id
-    assert "#SBATCH --ntasks-per-node=2" in next(folder.glob("*_submission.sh")).read_text()
-    # SLURM started both ranks (no Lightning re-launch): one log per task, one rank each.
-    logs = sorted(folder.glob("*_log.out"))
-    assert len(logs) == 2, logs
-    ranks = {
-        rank
-        for log in logs
-        for rank in (0, 1)
-        if f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log.read_text()
-    }
-    assert ranks == {0, 1}
-    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert "test/mIoU" in metrics and "val/mIoU" in metrics
-
-
-def test_slurm_requeue_resumes_in_same_run_folder(tmp_path, shared_data):
-    """SIGUSR1 (what SLURM sends signal_delay_s before the time limit): Lightning saves a
-    checkpoint and requeues; the requeued job resumes in the same folder and finishes."""
+def test_slurm_ddp_job_requeues_and_resumes_in_same_run_folder(tmp_path, shared_data):
+    """A 2-task DDP job (one SLURM task per rank), then SIGUSR1 (what SLURM sends signal_delay_s
+    before the time limit): Lightning saves a checkpoint and requeues; the requeued job resumes
+    in the same run folder and finishes."""
     sweep = tmp_path / "sweep"
     epochs = 3
     command = [
-        sys.executable, "train.py", "-m", *TINY, "trainer.accelerator=cpu", f"trainer.max_epochs={epochs}",
-        shared_data, *SLURM, f"hydra.sweep.dir={sweep}",
+        sys.executable, "train.py", "-m", *DDP_TINY, "trainer=ddp_cpu", "trainer.devices=2",
+        f"trainer.max_epochs={epochs}", shared_data, *SLURM, f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    log = (tmp_path / "launch.log").open("w")
-    launch = subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}
-    )
+    log_path = tmp_path / "launch.log"
+    with log_path.open("w") as log:
+        launch = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         last = sweep / "0" / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 300
         while not last.is_file() and launch.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
-        assert last.is_file(), (tmp_path / "launch.log").read_text()[-3000:]
+        assert last.is_file(), log_path.read_text()[-3000:]
         (job_id,) = submitit_jobs(sweep)
-        subprocess.run(["scancel", f"--signal={signal.SIGUSR1.name[3:]}", job_id], check=True)
+        subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
         launch.wait(timeout=480)
     finally:
         if launch.poll() is None:
             launch.kill()
             subprocess.run(["scancel", *submitit_jobs(sweep)], check=False)
-    assert launch.returncode == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    assert launch.returncode == 0, log_path.read_text()[-3000:]
 
+    folder = sweep / ".submitit" / job_id
+    assert "#SBATCH --ntasks-per-node=2" in next(folder.glob("*_submission.sh")).read_text()
+    # SLURM started both ranks (no Lightning re-launch): one log per task, one rank each.
+    task_logs = sorted(folder.glob("*_log.out"))
+    assert len(task_logs) == 2, task_logs
+    texts = [log.read_text() for log in task_logs]
+    for rank, text in enumerate(texts):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text
+    assert "Handling auto-requeue signal" in texts[0]
+    assert "SLURM restart 1: resuming from" in texts[0]
+    assert "Restored all states from the checkpoint" in texts[0]
     states = sacct_states(job_id)
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
-    job_log = next((sweep / ".submitit" / job_id).glob("*_0_log.out")).read_text()
-    assert "Handling auto-requeue signal" in job_log
-    assert "SLURM restart 1: resuming from" in job_log
-    assert "Restored all states from the checkpoint" in job_log
+
     # Same run folder: one job folder, Lightning's signal-time checkpoint in it, the run finished.
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit") == ["0"]
     assert list((sweep / "0").glob("hpc_ckpt_*.ckpt"))
-    assert "test/mIoU" in json.loads((sweep / "0" / "metrics.json").read_text())
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert "test/mIoU" in metrics and "val/mIoU" in metrics
     import torch
 
-    # Trained to the end: the last epoch, and at least epochs x 2 steps (8 images, batch 4;
-    # a resume from a mid-epoch checkpoint may repeat part of that epoch, never skip one).
-    state = torch.load(
-        sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    # Trained to the end: the last epoch, and at least epochs x 2 steps (8 images, 2 ranks x 2
+    # per batch; a resume from a mid-epoch checkpoint may repeat part of an epoch, never skip one).
+    state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == epochs - 1 and state["global_step"] >= 2 * epochs, (
         state["epoch"],
         state["global_step"],
