@@ -34,10 +34,11 @@ def cluster_problem() -> str | None:
     return None
 
 
+CLUSTER_PROBLEM = cluster_problem()
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
-    pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem())),
+    pytest.mark.skipif(CLUSTER_PROBLEM is not None, reason=str(CLUSTER_PROBLEM)),
 ]
 
 # Sized for a 2-core, single-node cluster: one CPU and 2 GB per task.
