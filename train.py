@@ -22,12 +22,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from segexp.class_weights import fill_auto_weights
+    from segexp.distributed import is_global_zero
     from segexp.module import SegModule
     from segexp.rundir import write_json, write_metadata
     from segexp.summary import print_summary
 
     run_dir = Path(cfg.paths.output_dir)
-    write_metadata(run_dir)
+    if is_global_zero():  # DDP children and SLURM tasks > 0 share rank 0's run folder
+        write_metadata(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -58,12 +60,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(model.run_config)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
+    }
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        )
 
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -73,10 +79,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from segexp.distributed import distributed_job  # DDP in multiruns, SLURM requeue, lr_scaling
     from segexp.sweeps import run_job
 
-    # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
-    return run_job(train, cfg)
+    with distributed_job(cfg):
+        # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
+        return run_job(train, cfg)
 
 
 if __name__ == "__main__":
