@@ -92,5 +92,6 @@ if __name__ == "__main__":
     try:  # reproduce=/resume= become Hydra arguments before Hydra parses them
         sys.argv = rewrite_argv(sys.argv)
     except ReproduceError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -109,10 +109,16 @@ class SignalCheckpoint(pl.Callback):
         signum = self.received if self.received is not None else signal.SIGTERM
         callback = trainer.checkpoint_callback
         path = str(self.ckpt_path)
-        if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.dirpath and callback.save_last:
+        if (
+            isinstance(callback, pl.callbacks.ModelCheckpoint)
+            and callback.dirpath
+            and callback.save_last
+        ):
             # Save as ModelCheckpoint's own last.ckpt and record it in the checkpoint, so
             # after resume it overwrites this file instead of starting last-v1.ckpt beside it.
-            path = os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+            path = os.path.join(
+                callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+            )
             callback.last_model_path = path
         trainer.save_checkpoint(path)
         run_dir = self.dirpath.parent

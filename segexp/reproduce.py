@@ -192,6 +192,12 @@ def prepare_config(cfg: Any) -> Any:
                     f"resume={run_dir}: there is no {last}; the run stopped before its first "
                     f"checkpoint. Start it again with: python train.py reproduce={run_dir}"
                 )
+            if (run_dir / "metrics.json").is_file():  # written only when a run completes
+                raise ReproduceError(
+                    f"resume={run_dir}: the run already finished (it has metrics.json); nothing "
+                    f"to resume. To train it longer, start from its weights: python train.py "
+                    f"ckpt_path={last} trainer.max_epochs=<more>; to re-run it: reproduce={run_dir}"
+                )
             cfg.ckpt_path = str(last)
             if wandb is not None:
                 run_id = wandb_run_id(run_dir)
