@@ -94,6 +94,11 @@ def rewrite_argv(argv: Sequence[str], conf_dir: Path = CONF) -> list[str]:
     hydra_dir = saved_config(run_dir).parent
 
     flags = [a for a in argv[1:] if a.startswith("-")]
+    if mode == "resume" and ("-m" in flags or "--multirun" in flags):
+        raise ReproduceError(
+            f"resume={run_dir} continues one run in its own folder; it cannot be part of a "
+            "multirun (-m). Resume each run folder with its own command."
+        )
     config_path = next(
         (argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-path", "-cp")), None
     ) or next((a.split("=", 1)[1] for a in flags if a.startswith("--config-path=")), None)

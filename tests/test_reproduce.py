@@ -71,6 +71,8 @@ def test_reproduce_refuses_group_choices_and_bad_folders(run_dir, tmp_path):
         rewrite_argv(["train.py", f"reproduce={tmp_path / 'nope'}"])
     with pytest.raises(ReproduceError, match="did you mean its parent"):
         rewrite_argv(["train.py", f"reproduce={run_dir / '.hydra'}"])
+    with pytest.raises(ReproduceError, match="multirun"):
+        rewrite_argv(["train.py", "-m", f"resume={run_dir}"])
     with pytest.raises(ReproduceError, match="not both"):
         rewrite_argv(["train.py", f"reproduce={run_dir}", f"resume={run_dir}"])
 
