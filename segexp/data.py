@@ -56,11 +56,15 @@ class SeededSampler(Sampler):
     through its DDP wrapper, which shards this order across ranks).
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, shuffle: bool = True, resume_at: tuple[int, int] | None = None
+    ) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        # (epoch, samples already trained on): a mid-epoch resume continues the same order.
+        self.resume_at = resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -73,7 +77,12 @@ class SeededSampler(Sampler):
             generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
-            order = range(self.num_samples)
+            order = list(range(self.num_samples))
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch:
+                order = order[done:]
         for index in order:
             yield index, sample_seed(self.seed, self.epoch, index)
 
@@ -161,6 +170,8 @@ class SegDataModule(pl.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.root = root
         self.seed = seed
+        # Set by segexp.guards.ExactResume when fit resumes from a mid-epoch checkpoint.
+        self.resume_position: tuple[int, int] | None = None
         self.datasets: dict[str, SegDataset] = {}
 
     @property
@@ -223,7 +234,7 @@ class SegDataModule(pl.LightningDataModule):
         return DataLoader(
             SeededAugmentation(dataset),
             batch_size=self.batch_size,
-            sampler=SeededSampler(len(dataset), seed),
+            sampler=SeededSampler(len(dataset), seed, resume_at=self.resume_position),
             drop_last=len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -194,30 +194,40 @@ class FiniteLoss(pl.Callback):
         )
 
 
-class RNGState(pl.Callback):
-    """Checkpoint the global RNG states (torch, CUDA, numpy, random); restore them on resume.
+class ExactResume(pl.Callback):
+    """Checkpoint what a resume needs to continue the run bit for bit.
 
-    Data order and augmentation are seeded per epoch already (``segexp.data.SeededSampler``);
-    this covers the rest (dropout, random layers), so a run resumed at an epoch boundary
-    continues the uninterrupted one bit for bit. Stored as tensors and plain lists, so
-    the checkpoint still loads with ``weights_only=True``.
+    - the global RNG states (torch, CUDA, numpy, random), for dropout and other random layers;
+    - the position in the epoch's data order: from a mid-epoch checkpoint the
+      ``SeededSampler`` skips the batches already trained on (Lightning alone would
+      restart the epoch's data from the beginning).
+
+    Data order and augmentation are otherwise seeded per epoch (``segexp.data.SeededSampler``).
+    Stored as tensors and plain lists, so the checkpoint loads with ``weights_only=True``.
     """
+
+    def __init__(self) -> None:
+        self._trainer: pl.Trainer | None = None
+        self._resume: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, cached = np.random.get_state()
-        state = {
+        state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
-            "numpy": [
-                name,
-                torch.from_numpy(keys.astype(np.int64)),
-                int(pos),
-                int(has_gauss),
-                float(cached),
-            ],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "python": _tuple_to_list(random.getstate()),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["epoch"] = int(trainer.current_epoch)
+            state["batches_done"] = int(batches)
+            state["epoch_done"] = bool(batches >= trainer.num_training_batches)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -229,6 +239,16 @@ class RNGState(pl.Callback):
         random.setstate(_list_to_tuple(state["python"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        self._resume = state
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        resume, self._resume = self._resume, None
+        datamodule = trainer.datamodule
+        if not resume or resume.get("epoch_done", True) or not hasattr(datamodule, "resume_position"):
+            return
+        if trainer.world_size > 1 or trainer.accumulate_grad_batches != 1:
+            return  # sharded or accumulated batches: Lightning's own (approximate) mid-epoch restart
+        datamodule.resume_position = (resume["epoch"], resume["batches_done"] * datamodule.batch_size)
 
 
 def _tuple_to_list(value: Any) -> Any:

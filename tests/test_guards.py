@@ -16,10 +16,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from segexp.guards import (
+    ExactResume,
     FiniteLoss,
     Interrupted,
     NonFiniteLossError,
-    RNGState,
     SignalCheckpoint,
     exit_codes,
 )
@@ -73,18 +73,27 @@ def ckpt_state(path: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
-def test_signal_mid_epoch_saves_last_ckpt_and_exits_nonzero(compose_cfg, signum):
+@pytest.mark.parametrize(
+    ("signum", "batch", "steps_done"),
+    [
+        (signal.SIGTERM, 0, 2),  # mid-epoch: stops after the next batch
+        (signal.SIGINT, 0, 2),
+        (signal.SIGUSR1, 0, 2),
+        (signal.SIGTERM, 2, 3),  # in the last batch: stops at the end of the epoch, validated
+    ],
+)
+def test_signal_saves_last_ckpt_and_exits_nonzero(compose_cfg, signum, batch, steps_done):
     previous = signal.getsignal(signum)
-    cfg = compose_cfg([*THREE_STEPS, *signal_at(signum, epoch=0, batch=0)])
+    cfg = compose_cfg([*THREE_STEPS, *signal_at(signum, epoch=0, batch=batch)])
     with pytest.raises(Interrupted) as stopped:
         train(cfg)
     assert stopped.value.code == 128 + signum  # 143 for SIGTERM: SLURM/CI see a failure
     assert "resume=" in str(stopped.value)
-    # The guard acts at the next batch end: two of the three steps are done.
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = ckpt_state(last)
-    assert checkpoint["global_step"] == 2 and checkpoint["epoch"] == 0
+    assert checkpoint["global_step"] == steps_done and checkpoint["epoch"] == 0
+    exact = checkpoint["callbacks"]["ExactResume"]
+    assert exact["batches_done"] == steps_done and exact["epoch_done"] == (steps_done == 3)
     assert not (last.parent / "last-v1.ckpt").exists()
     assert signal.getsignal(signum) == previous  # handlers restored
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()  # no "successful" result
@@ -125,13 +134,13 @@ def test_finite_loss_passes_finite_and_names_the_step():
         guard.on_before_backward(Trainer(), None, torch.tensor(float("inf")))
 
 
-def test_rng_state_round_trip_and_loads_weights_only(tmp_path):
-    callback = RNGState()
+def test_exact_resume_rng_round_trip_and_loads_weights_only(tmp_path):
+    callback = ExactResume()
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     state = callback.state_dict()
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    torch.save({"callbacks": {"RNGState": state}}, tmp_path / "s.ckpt")
-    loaded = torch.load(tmp_path / "s.ckpt", weights_only=True)["callbacks"]["RNGState"]
+    torch.save({"callbacks": {"ExactResume": state}}, tmp_path / "s.ckpt")
+    loaded = torch.load(tmp_path / "s.ckpt", weights_only=True)["callbacks"]["ExactResume"]
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     callback.load_state_dict(loaded)
     assert torch.equal(torch.rand(3), expected[0])

@@ -106,6 +106,11 @@ def test_seeded_sampler_depends_on_seed_and_epoch_only():
     assert list(sampler) != first
     sampler.set_epoch(0)
     assert list(sampler) == first
+    # A mid-epoch resume continues the same order after the samples already trained on, once.
+    resumed = SeededSampler(10, seed=3, resume_at=(0, 4))
+    assert list(resumed) == first[4:] and list(resumed) == first
+    other_epoch = SeededSampler(10, seed=3, resume_at=(1, 4))
+    assert list(other_epoch) == first
 
 
 def test_seeded_augmentation_is_reproducible_and_transforms_independent():
@@ -142,16 +147,17 @@ def test_seeded_augmentation_is_reproducible_and_transforms_independent():
 @pytest.mark.slow
 def test_cli_reproduce_and_resume_after_sigterm_equal_the_original(tmp_path):
     """In fresh processes, like a user: train; reproduce= (2 workers instead of 0); a run
-    killed by SIGTERM at the end of epoch 0, then resume= -- all end with the same metrics."""
+    killed by SIGTERM in the middle of epoch 0, then resume= -- all end with the same metrics."""
     data = tmp_path / "data"
-    base = [*TINY, "trainer.max_epochs=2", f"paths.data_dir={data}"]
+    # 12 images in batches of 4: three steps an epoch, two epochs.
+    base = [*TINY, "data.generate.num_train=12", "trainer.max_epochs=2", f"paths.data_dir={data}"]
     original = tmp_path / "original"
     result = run_script("train.py", *base, f"hydra.run.dir={original}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((original / "metrics.json").read_text())
-    saved_config = (original / ".hydra" / "config.yaml").read_text()
 
     copy = tmp_path / "reproduced"
+    saved_config = (original / ".hydra" / "config.yaml").read_text()
     result = run_script(
         "train.py", f"reproduce={original}", "data.num_workers=2", f"hydra.run.dir={copy}"
     )
@@ -161,24 +167,24 @@ def test_cli_reproduce_and_resume_after_sigterm_equal_the_original(tmp_path):
     assert config.reproduce == str(original) and config.data.num_workers == 2
     assert (original / ".hydra" / "config.yaml").read_text() == saved_config  # untouched
 
-    # The process sends itself SIGTERM during the last batch of epoch 0 (2 batches an epoch).
+    # The process sends itself SIGTERM after batch 0 of epoch 0; it stops after batch 1.
     killed = tmp_path / "killed"
     signal_at = "+callbacks.send_signal"
     result = run_script(
         "train.py", *base, f"hydra.run.dir={killed}", f"{signal_at}._target_=tests.test_guards.SendSignal",
-        f"{signal_at}.signum=15", f"{signal_at}.epoch=0", f"{signal_at}.batch=1",
+        f"{signal_at}.signum=15", f"{signal_at}.epoch=0", f"{signal_at}.batch=0",
     )  # fmt: skip
     assert result.returncode == 143, result.stderr[-3000:]
+    assert "stopped by SIGTERM mid-epoch (epoch 0, step 2)" in result.stderr
     assert not (killed / "metrics.json").exists()
     saved_config = (killed / ".hydra" / "config.yaml").read_text()
 
     result = run_script("train.py", f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((killed / "metrics.json").read_text()) == metrics
+    assert json.loads((killed / "metrics.json").read_text()) == metrics  # as if never stopped
     assert (killed / ".hydra" / "config.yaml").read_text() == saved_config
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == sorted(
-        p.name for p in (original / "checkpoints").iterdir()
-    )
+    names = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (original / "checkpoints").iterdir())
     info = json.loads((killed / "run_info.json").read_text())
     assert len(info["resumes"]) == 1  # the first start's metadata stays; the resume is added
     assert f'++resume="{killed}"' in info["resumes"][0]["command"]
