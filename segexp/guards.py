@@ -208,7 +208,6 @@ class ExactResume(pl.Callback):
 
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
-        self._resume: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
@@ -239,16 +238,15 @@ class ExactResume(pl.Callback):
         random.setstate(_list_to_tuple(state["python"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-        self._resume = state
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        resume, self._resume = self._resume, None
-        datamodule = trainer.datamodule
-        if not resume or resume.get("epoch_done", True) or not hasattr(datamodule, "resume_position"):
+        # Restored before the train loader exists (Lightning builds it while configuring the
+        # optimizers, to count the steps): tell the datamodule where the epoch stopped.
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if state.get("epoch_done", True) or not hasattr(datamodule, "resume_position"):
             return
         if trainer.world_size > 1 or trainer.accumulate_grad_batches != 1:
             return  # sharded or accumulated batches: Lightning's own (approximate) mid-epoch restart
-        datamodule.resume_position = (resume["epoch"], resume["batches_done"] * datamodule.batch_size)
+        datamodule.resume_position = (state["epoch"], state["batches_done"] * datamodule.batch_size)
 
 
 def _tuple_to_list(value: Any) -> Any:
