@@ -8,6 +8,8 @@
 - ``FiniteLoss``: a NaN or infinite training loss stops the run before the
   backward pass (so no update and no checkpoint carries it) with an error that
   names the step and what to try; the last good ``last.ckpt`` stays.
+- ``ExactResume``: checkpoints carry the RNG states and the position in the
+  epoch's data, so a resumed run continues the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ class SignalCheckpoint(pl.Callback):
     """Turn a kill signal into: finish the batch, save ``last.ckpt``, exit non-zero.
 
     A signal during an epoch's training batches takes effect after the current
-    batch (a mid-epoch checkpoint); one that arrives during the last batch or
-    during validation takes effect at the end of the epoch, so the checkpoint sits
-    on the epoch boundary and a resume repeats the uninterrupted run exactly.
+    batch (a mid-epoch checkpoint; ``ExactResume`` lets the resume continue the
+    epoch's data where it stopped); one that arrives during the last batch or
+    during validation takes effect at the end of the epoch, after validation.
     A second Ctrl+C interrupts at once (Lightning's KeyboardInterrupt handling, exit 1).
 
     Args:
@@ -216,7 +218,13 @@ class ExactResume(pl.Callback):
         name, keys, pos, has_gauss, cached = np.random.get_state()
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "numpy": [
+                name,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(cached),
+            ],
             "python": _tuple_to_list(random.getstate()),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
