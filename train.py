@@ -4,11 +4,15 @@
     python train.py model=deeplabv3plus loss=ce_dice  # pick options per group
     python train.py -m model=unet,fpn                 # a multirun sweep
     python train.py --help                            # groups and options (no torch import)
+    python train.py reproduce=outputs/<date>/<time>   # re-run a saved config in a new folder
+    python train.py resume=outputs/<date>/<time>      # continue a killed run from last.ckpt
 
 Heavy imports happen inside the functions so that --help and --cfg stay fast.
 """
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -21,12 +25,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from segexp.checkpoint import check_compatible
     from segexp.class_weights import fill_auto_weights
     from segexp.distributed import is_global_zero
     from segexp.module import SegModule
     from segexp.rundir import write_json, write_metadata
     from segexp.summary import print_summary
+    from segexp.validate import check_config
 
+    check_config(cfg)  # bad values fail here, before any data is read
     run_dir = Path(cfg.paths.output_dir)
     if is_global_zero():  # DDP children and SLURM tasks > 0 share rank 0's run folder
         write_metadata(run_dir)
@@ -59,14 +66,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if cfg.ckpt_path:
+        check_compatible(cfg.ckpt_path, model)  # a clear error instead of a state-dict traceback
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
     }
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
@@ -80,12 +89,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from segexp.distributed import distributed_job  # DDP in multiruns, SLURM requeue, lr_scaling
+    from segexp.guards import exit_codes
+    from segexp.reproduce import prepare_config
     from segexp.sweeps import run_job
 
-    with distributed_job(cfg):
-        # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
-        return run_job(train, cfg)
+    with exit_codes():  # signals and user errors: a message and a non-zero exit code
+        cfg = prepare_config(cfg)
+        with distributed_job(cfg):
+            # The optimized metric, or None for a failed/NaN job (a sweep records it and goes on).
+            return run_job(train, cfg)
 
 
 if __name__ == "__main__":
+    from segexp.reproduce import ReproduceError, rewrite_argv
+
+    try:  # reproduce=/resume= become Hydra arguments before Hydra parses them
+        sys.argv = rewrite_argv(sys.argv)
+    except ReproduceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -35,22 +35,28 @@ PACKAGES = (
 )
 
 
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON atomically; NaN becomes null (JSON has no NaN)."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, dict):
-        data = {key: finite_or_none(value) for key, value in data.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON atomically; NaN becomes null (JSON has no NaN)."""
+    if isinstance(data, dict):
+        data = {key: finite_or_none(value) for key, value in data.items()}
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -93,4 +99,15 @@ def run_metadata() -> dict[str, Any]:
 
 
 def write_metadata(run_dir: str | os.PathLike) -> Path:
-    return write_json(Path(run_dir) / "run_info.json", run_metadata())
+    """Write ``run_info.json``; a resumed run keeps how it started and appends each restart."""
+    path = Path(run_dir) / "run_info.json"
+    info = run_metadata()
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict):
+            previous.setdefault("resumes", []).append(info)
+            info = previous
+    return write_json(path, info)
