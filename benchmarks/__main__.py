@@ -4,6 +4,7 @@
     python -m benchmarks --quick            # tiny sizes: checks the suite runs (seconds per figure)
     python -m benchmarks --only overhead,metrics
     python -m benchmarks --only quality --candidates   # compare candidate default recipes
+    python -m benchmarks --only quality --candidates fpn-mobilenet_v2  # one of them
     python -m benchmarks --clock cpu        # budgets in CPU time (for a shared, loaded machine)
 
 Ratios are measured side by side in one process (variants interleaved), so machine
@@ -51,7 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clock", choices=("wall", "cpu"), default="wall", help="quality budget clock"
     )
     parser.add_argument(
-        "--candidates", action="store_true", help="quality: also run candidate recipes"
+        "--candidates",
+        nargs="?",
+        const="all",
+        default="",
+        help="quality: also run candidate recipes (all, or a comma list of their labels)",
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -82,6 +87,26 @@ def machine() -> dict[str, str]:
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def markdown(report: dict[str, list[Figure]], info: dict[str, str], args) -> str:
+    """The figures as a BENCHMARKS.md table (machine and date in the heading)."""
+    lines = [
+        f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+        f"load average {info['load_avg_1min']} at start, quality clock `{args.clock}`"
+        f"{', QUICK sizes' if args.quick else ''}.",
+        "",
+        "| figure | measured | unit | target | verdict | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, figures in report.items():
+        for f in figures:
+            value = "n/a" if f.value is None else f"{f.value:.4g}"
+            lines.append(
+                f"| {TITLES[name].split('.')[0]}. {f.name} | {value} | {f.unit} | {f.target} "
+                f"| {f.verdict} | {f.note} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality": settings.cache.get("quality_curves"),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(report, info, args))
     print(f"results: {out / 'results.json'}")
     return 1 if any(f.verdict == "SKIPPED" and "failed" in f.name for _, f in verdicts) else 0
 

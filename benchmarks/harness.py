@@ -64,7 +64,7 @@ class Settings:
     out_dir: Path = REPO / "outputs" / "bench"
     data_dir: Path = REPO / "data"
     clock: str = "wall"  # "wall" or "cpu" (see process_tree_seconds)
-    candidates: bool = False
+    candidates: str = ""  # "", "all" or a comma list of quality.CANDIDATES labels
     cache: dict[str, Any] = field(default_factory=dict)  # values one figure passes to another
 
     def overrides(self, extra: list[str] = ()) -> list[str]:

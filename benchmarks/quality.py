@@ -118,6 +118,22 @@ class BudgetCurve(pl.Callback):
             )
 
 
+def select(candidates: str) -> dict[str, list[str]]:
+    """The recipes to run: the default, plus "all" CANDIDATES or the comma-listed ones."""
+    if not candidates:
+        return {"default": []}
+    if candidates == "all":
+        return dict(CANDIDATES)
+    labels = [label.strip() for label in candidates.split(",") if label.strip()]
+    unknown = [label for label in labels if label not in CANDIDATES]
+    if unknown:
+        raise ValueError(
+            f"--candidates: unknown {unknown}; valid: all, {', '.join(CANDIDATES)} "
+            "(add a recipe to benchmarks.quality.CANDIDATES)"
+        )
+    return {label: CANDIDATES[label] for label in labels}
+
+
 def run_recipe(settings: Settings, label: str, overrides: list[str], marks) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in label)
     out = settings.out_dir / f"quality-{slug}.json"
@@ -173,7 +189,7 @@ def plot(curves: list[dict], path: Path, clock_kind: str) -> None:
 
 def run(settings: Settings) -> list[Figure]:
     marks = QUICK_MARKS_S if settings.quick else MARKS_S
-    chosen = CANDIDATES if settings.candidates else {"default": []}
+    chosen = select(settings.candidates)
     curves = [run_recipe(settings, label, overrides, marks) for label, overrides in chosen.items()]
     png = settings.out_dir / "quality_per_minute.png"
     plot(curves, png, settings.clock)
