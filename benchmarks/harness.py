@@ -217,7 +217,7 @@ def silenced():
         yield
 
 
-def run_checked(args: list[str], **kwargs: Any) -> str:
+def run_checked(args: list[str], extra_env: dict[str, str] | None = None, **kwargs: Any) -> str:
     """Run a command in the repo root; its stdout, or a RuntimeError quoting its stderr's end."""
     import subprocess
 
@@ -225,6 +225,7 @@ def run_checked(args: list[str], **kwargs: Any) -> str:
         **os.environ,
         "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         "WANDB_SILENT": "true",
+        **(extra_env or {}),
     }
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, **kwargs)
     if result.returncode != 0:
