@@ -161,7 +161,12 @@ def run_recipe(settings: Settings, label: str, overrides: list[str], marks) -> d
     return curve
 
 
-def plot(curves: list[dict], path: Path, clock_kind: str) -> None:
+def plot(
+    curves: list[dict],
+    path: Path,
+    clock_kind: str,
+    title: str = "segexp on shapes: quality per minute",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +187,7 @@ def plot(curves: list[dict], path: Path, clock_kind: str) -> None:
         xlabel=f"training time, {unit}",
         ylabel="val mIoU",
         ylim=(0, 1),
-        title="segexp on shapes: quality per minute",
+        title=title,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
