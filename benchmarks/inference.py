@@ -6,7 +6,7 @@ labelled "local" in the output. They do what such an engine does on the CPU:
 one forward per image; overlapping windows of the training size averaged; the
 mean of the softmax over identity + horizontal + vertical flips.
 
-Peak RSS comes from ``wait4`` on a fresh process per measurement (the largest of
+Peak RSS comes from GNU time (``/usr/bin/time -f %M``) on a fresh process per measurement (the largest of
 the process and its children, e.g. loader workers): training runs a few steps of
 the default recipe through train.py, inference a sliding-window + TTA prediction.
 """
@@ -71,19 +71,28 @@ def images_per_second(fn, net, images: torch.Tensor, repeats: int) -> float:
 
 
 def peak_rss_mb(args: list[str]) -> float:
-    """Peak resident memory (MB) of a fresh process and its children, from wait4."""
+    """Peak resident memory (MB) of a fresh process (the largest of it and its children).
+
+    Launched through GNU time: a child forked straight from this (large) process reports
+    at least our own RSS in wait4's ru_maxrss (Linux keeps the pre-exec high-water mark).
+    """
+    import tempfile
+
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    process = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(args[:3])} exited {process.returncode}: "
-            f"{process.stderr.read().decode()[-800:]}"
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+        result = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    return usage.ru_maxrss / 1024  # Linux reports kB
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(args[:3])} exited {result.returncode}: {result.stderr[-800:]}"
+            )
+        return int(report.read().split()[-1]) / 1024  # GNU time's %M is in kB
 
 
 def rss_probe(overrides: list[str], size: int, window: int) -> None:
