@@ -132,7 +132,7 @@ def select(candidates: str) -> dict[str, list[str]]:
             f"--candidates: unknown {unknown}; valid: all, {', '.join(CANDIDATES)} "
             "(add a recipe to benchmarks.quality.CANDIDATES)"
         )
-    return {label: CANDIDATES[label] for label in labels}
+    return {"default": [], **{label: CANDIDATES[label] for label in labels}}
 
 
 def run_recipe(settings: Settings, label: str, overrides: list[str], marks) -> dict:
