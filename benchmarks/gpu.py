@@ -1,0 +1,149 @@
+"""GPU training throughput of U-Net-ResNet34 at 512x512, batch 8: which speed-ups pay.
+
+    python -m benchmarks.gpu                  # on a GPU machine: the table of the issue
+    python -m benchmarks.gpu --smoke          # tiny, on the CPU: checks the script runs
+    python -m benchmarks.gpu --variants fp32,bf16
+
+Each variant trains the same network (forward, cross-entropy, backward, AdamW step)
+on one random batch held on the device; images/s is timed after warm-up steps
+(torch.compile compiles during them) with the device synchronised. Variants:
+  fp32           float32 weights and activations (TF32 matmuls off, PyTorch's default)
+  bf16           bf16-mixed: torch.autocast(bfloat16), what Trainer(precision="bf16-mixed") does
+  bf16+cl        bf16 with the model and input in channels_last memory format
+  bf16+cl+compile   the above with torch.compile(model)
+  fp32+cl        channels_last alone, to separate its effect from bf16's
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+
+VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
+
+
+def build_net(num_classes: int) -> torch.nn.Module:
+    import segmentation_models_pytorch as smp
+
+    return smp.create_model(
+        "unet", encoder_name="resnet34", encoder_weights=None, classes=num_classes
+    )
+
+
+def measure(
+    variant: str,
+    device: torch.device,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    num_classes: int = 6,
+) -> dict[str, float]:
+    """Images/s and peak device memory of ``steps`` timed training steps of ``variant``."""
+    torch.manual_seed(0)
+    net = build_net(num_classes).to(device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    masks = torch.randint(0, num_classes, (batch, size, size), device=device)
+    if "+cl" in variant:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    model = torch.compile(net) if variant.endswith("compile") else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def autocast():
+        if variant.startswith("bf16"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step() -> None:
+        with autocast():
+            loss = criterion(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    began = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - began
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = time.perf_counter() - began
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    )
+    return {
+        "img_s": batch * steps / seconds,
+        "step_ms": 1000 * seconds / steps,
+        "warmup_s": warmup_s,
+        "peak_gib": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes on the CPU (64px, batch 2)"
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
+        args.device = args.device or "cpu"
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; valid: {', '.join(VARIANTS)}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = (
+            True  # fixed input size: let cuDNN pick its fastest kernels
+        )
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({torch.get_num_threads()} threads)"
+    print(
+        f"U-Net-ResNet34, {args.size}x{args.size}, batch {args.batch}, training steps on {name}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"{'variant':<18}{'img/s':>9}{'ms/step':>10}{'vs fp32':>9}{'peak GiB':>10}{'warm-up s':>11}"
+    )
+    rows = []
+    for variant in variants:
+        result = measure(variant, device, args.size, args.batch, args.steps, args.warmup)
+        rows.append({"variant": variant, **result})
+        base = next((r["img_s"] for r in rows if r["variant"] == "fp32"), None)
+        speedup = f"{result['img_s'] / base:.2f}x" if base else "-"
+        print(
+            f"{variant:<18}{result['img_s']:>9.1f}{result['step_ms']:>10.1f}{speedup:>9}"
+            f"{result['peak_gib']:>10.2f}{result['warmup_s']:>11.1f}",
+            flush=True,
+        )
+    fastest = max(rows, key=lambda r: r["img_s"])
+    print(f"fastest: {fastest['variant']} ({fastest['img_s']:.1f} img/s)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

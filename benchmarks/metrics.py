@@ -1,0 +1,82 @@
+"""Figure 3: evaluation with every metric vs forward passes only.
+
+Both run ``trainer.validate`` with the same Trainer settings on the same val
+batches held in memory: once with SegModule as it is (loss, confusion-matrix
+update, per-class scores computed and logged at epoch end), once with a
+subclass whose validation step only runs the network. The ratio is the cost of
+the metrics, nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.harness import (
+    Figure,
+    Settings,
+    best,
+    build_module,
+    first_batches,
+    interleaved,
+    prepared_datamodule,
+    silenced,
+)
+
+TARGET = "<= 1.03"
+
+
+def forward_only(module):
+    """The same module, evaluated without loss or metrics."""
+
+    class ForwardOnly(type(module)):
+        def validation_step(self, batch, batch_idx):
+            self(batch["image"])
+
+        def on_validation_epoch_end(self) -> None:
+            pass
+
+    module.__class__ = ForwardOnly
+    return module
+
+
+def run(settings: Settings) -> list[Figure]:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    cfg = settings.compose(["data.num_workers=0"])
+    datamodule = prepared_datamodule(cfg)
+    loader = datamodule.val_dataloader()
+    batches = first_batches(loader, len(loader))
+    full = build_module(cfg, datamodule.class_names)
+    bare = forward_only(build_module(cfg, datamodule.class_names))
+    bare.load_state_dict(full.state_dict())
+    repeats = 1 if settings.quick else 3
+
+    def timed(module):
+        def measure() -> float:
+            trainer = pl.Trainer(
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+            )
+            began = time.perf_counter()
+            with silenced():
+                trainer.validate(
+                    module, dataloaders=DataLoader(batches, batch_size=None), verbose=False
+                )
+            return time.perf_counter() - began
+
+        return measure
+
+    results = interleaved({"full": timed(full), "forward": timed(bare)}, repeats, warmup=True)
+    full_s, forward_s = best(results["full"]), best(results["forward"])
+    images = sum(len(b["image"]) for b in batches)
+    shape = tuple(batches[0]["image"].shape)
+    return [
+        Figure("validate, forward only", forward_s, "s", note=f"{images} images, batches {shape}"),
+        Figure("validate, loss + all metrics", full_s, "s", note=f"best of {repeats}"),
+        Figure("all metrics / forward only", full_s / forward_s, "x", TARGET),
+    ]
