@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,79 @@ def check_sample(dataset: SegDataset, index: int, num_classes: int, ignore_index
         )
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: a pure function of its inputs.
+
+    ``index=-1`` gives the epoch's shuffling seed. (SeedSequence takes non-negative words.)
+    """
+    words = [abs(seed), int(seed < 0), epoch, index + 1]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+class SeededSampler(Sampler):
+    """Training order and augmentation seeds drawn from (seed, epoch) alone.
+
+    Yields ``(index, sample_seed)`` pairs. The order and every sample's
+    augmentation then depend only on the run's seed and the epoch number, not
+    on the number of workers, on which worker draws which sample, or on how
+    many epochs this process has run: a run resumed at an epoch boundary sees
+    the same data as an uninterrupted one. Lightning calls ``set_epoch`` (also
+    through its DDP wrapper, which shards this order across ranks).
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int, shuffle: bool = True, resume_at: tuple[int, int] | None = None
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        # (epoch, samples already trained on): a mid-epoch resume continues the same order.
+        self.resume_at = resume_at
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch:
+                order = order[done:]
+        for index in order:
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a SegDataset so that ``dataset[(index, seed)]`` augments with that seed.
+
+    Albumentations' Compose keeps its own random state (global seeds do not
+    reach it), and each DataLoader worker gets a copy of it; re-seeding per
+    sample makes the augmentation reproducible. ``set_random_state`` shares one
+    generator across the pipeline: ``Compose(seed=...)``/``set_random_seed``
+    would give every transform the same stream (e.g. both flips always together).
+    """
+
+    def __init__(self, dataset: SegDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        index, seed = item
+        transform = self.dataset.transform
+        if transform is not None and hasattr(transform, "set_random_state"):
+            transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        return self.dataset[index]
 def pad_collate(
     batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32
 ) -> dict[str, Any]:
@@ -59,62 +132,6 @@ def pad_collate(
         images[i, :, :h, :w] = sample["image"]
         masks[i, :h, :w] = sample["mask"]
     return {"image": images, "mask": masks, "name": [sample["name"] for sample in batch]}
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of one sample in one epoch: a pure function of its inputs.
-    ``index=-1`` gives the epoch's shuffling seed. (SeedSequence takes non-negative words.)
-    words = [abs(seed), int(seed < 0), epoch, index + 1]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
-class SeededSampler(Sampler):
-    """Training order and augmentation seeds drawn from (seed, epoch) alone.
-    Yields ``(index, sample_seed)`` pairs. The order and every sample's
-    augmentation then depend only on the run's seed and the epoch number, not
-    on the number of workers, on which worker draws which sample, or on how
-    many epochs this process has run: a run resumed at an epoch boundary sees
-    the same data as an uninterrupted one. Lightning calls ``set_epoch`` (also
-    through its DDP wrapper, which shards this order across ranks).
-    def __init__(
-        self, num_samples: int, seed: int, shuffle: bool = True, resume_at: tuple[int, int] | None = None
-    ) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        # (epoch, samples already trained on): a mid-epoch resume continues the same order.
-        self.resume_at = resume_at
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-    def __len__(self) -> int:
-        return self.num_samples
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        if self.resume_at is not None:
-            epoch, done = self.resume_at
-            self.resume_at = None
-            if epoch == self.epoch:
-                order = order[done:]
-        for index in order:
-            yield index, sample_seed(self.seed, self.epoch, index)
-class SeededAugmentation(Dataset):
-    """Wraps a SegDataset so that ``dataset[(index, seed)]`` augments with that seed.
-    Albumentations' Compose keeps its own random state (global seeds do not
-    reach it), and each DataLoader worker gets a copy of it; re-seeding per
-    sample makes the augmentation reproducible. ``set_random_state`` shares one
-    generator across the pipeline: ``Compose(seed=...)``/``set_random_seed``
-    would give every transform the same stream (e.g. both flips always together).
-    def __init__(self, dataset: SegDataset) -> None:
-        self.dataset = dataset
-    def __len__(self) -> int:
-        return len(self.dataset)
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
-        index, seed = item
-        transform = self.dataset.transform
-        if transform is not None and hasattr(transform, "set_random_state"):
-            transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        return self.dataset[index]
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -131,10 +148,10 @@ class SegDataModule(pl.LightningDataModule):
         generate: optional callable run once in ``prepare_data`` (writes a generated dataset).
         test_split: the split ``test_dataloader`` reads (evaluate.py sets it).
         root: the dataset's folder, for messages and tools (the dataset reads its own copy).
-        pad_to_multiple: batches are padded (image 0, mask ``ignore_index``) to the largest
-            sample, rounded up to this multiple, so images of any size batch and fit the encoder.
         seed: seeds the training order and augmentation (``SeededSampler``); None: the
             seed given to ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
+        pad_to_multiple: batches are padded (image 0, mask ``ignore_index``) to the largest
+            sample, rounded up to this multiple, so images of any size batch and fit the encoder.
     """
 
     def __init__(
@@ -156,8 +173,8 @@ class SegDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         root: str | None = None,
-        pad_to_multiple: int = 32,
         seed: int | None = None,
+        pad_to_multiple: int = 32,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -178,10 +195,10 @@ class SegDataModule(pl.LightningDataModule):
         self.generate = generate
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.root = root
-        self.pad_to_multiple = int(pad_to_multiple)
         self.seed = seed
         # Set by segexp.guards.ExactResume when fit resumes from a mid-epoch checkpoint.
         self.resume_position: tuple[int, int] | None = None
+        self.pad_to_multiple = int(pad_to_multiple)
         self.datasets: dict[str, SegDataset] = {}
 
     @property
