@@ -54,7 +54,7 @@ def _mean_interval(starts: list[float], warmup: int) -> float:
 def bare_loop(module, batches, optimizer_factory, scheduler_factory, warmup: int) -> float:
     """A hand-written loop: forward, loss, backward, step, LR step, read the loss."""
     module.train()
-    optimizer = optimizer_factory(module.parameters())
+    optimizer = optimizer_factory(module)  # build_optimizer takes the module (param groups)
     scheduler = (
         scheduler_factory(optimizer, total_steps=len(batches)) if scheduler_factory else None
     )

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "ring")
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 2  # bump when the drawing code changes, so caches regenerate
+FORMAT_VERSION = 3  # bump when the drawing code changes, so caches regenerate
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -103,9 +103,9 @@ def draw_scene(seed: int, image_size: int, max_objects: int = 5) -> tuple[np.nda
     mask = Image.new("L", (image_size, image_size), 0)
     draw_image, draw_mask = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
 
-    for _ in range(int(rng.integers(2, max_objects + 1))):
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         class_id = int(rng.integers(1, len(CLASS_NAMES)))
-        radius = float(rng.uniform(0.08, 0.22) * image_size)
+        radius = float(rng.uniform(0.12, 0.26) * image_size)
         cx, cy = rng.uniform(0.1, 0.9, size=2) * image_size
         angle = float(rng.uniform(0, 2 * math.pi))
         aspect = float(rng.uniform(0.7, 1.0))
@@ -117,8 +117,8 @@ def draw_scene(seed: int, image_size: int, max_objects: int = 5) -> tuple[np.nda
     # Texture on top of everything so objects are not flat colour patches either.
     canvas = canvas.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, 0.8))))
     image = np.asarray(canvas, dtype=np.float32)
-    image += rng.normal(0, 12, size=image.shape)
-    image += 40 * (_smooth_field(rng, image_size, 24) - 0.5)
+    image += rng.normal(0, 8, size=image.shape)
+    image += 25 * (_smooth_field(rng, image_size, 24) - 0.5)
     return np.clip(image, 0, 255).astype(np.uint8), np.asarray(mask, dtype=np.uint8)
 
 
