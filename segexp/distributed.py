@@ -204,10 +204,17 @@ def log_process(cfg: DictConfig) -> None:
     )
 
 
+# The command line as the user typed it, while pin_children_to_job has rewritten sys.argv
+# for this job's DDP children (run names need to know which keys the sweep varies).
+launch_argv: list[str] | None = None
+
+
 @contextmanager
 def distributed_job(cfg: DictConfig) -> Iterator[None]:
     """Wrap one Hydra job of train.py so DDP works in single runs, multiruns and SLURM requeues."""
+    global launch_argv
     saved_argv = list(sys.argv)
+    launch_argv = saved_argv
     saved_env = {name: os.environ.get(name) for name in DDP_ENV_VARS}
     parent = not is_ddp_child()
     pin_children_to_job()
@@ -226,3 +233,4 @@ def distributed_job(cfg: DictConfig) -> Iterator[None]:
                 else:
                     os.environ[name] = value
             sys.argv = saved_argv
+            launch_argv = None

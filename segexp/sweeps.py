@@ -55,7 +55,11 @@ def command_line_fixed_keys(argv: Sequence[str] | None = None) -> set[str]:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if argv is None:
+        from segexp import distributed
+
+        argv = (distributed.launch_argv or sys.argv)[1:]
+    args = [a for a in argv if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception:  # not a Hydra command line (e.g. a submitit job): keep every override

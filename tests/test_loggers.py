@@ -126,7 +126,8 @@ def test_multirun_gives_one_run_per_job_in_one_group(wandb_multirun: Path) -> No
 
         config = run["config"]
         assert config["model"]["arch"] == arch  # the resolved config
-        assert config["optimizer"]["lr"] == 0.002
+        saved = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+        assert config["optimizer"]["lr"] == saved["optimizer"]["lr"]
         assert (
             config["hydra_choices"]["loss"] == "ce" and config["hydra_choices"]["logger"] == "wandb"
         )
