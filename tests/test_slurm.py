@@ -116,9 +116,14 @@ def test_slurm_sweep_runs_two_jobs(tmp_path, shared_data):
 def test_slurm_ddp_job_requeues_and_resumes_in_same_run_folder(tmp_path, shared_data):
     """A 2-task DDP job (one SLURM task per rank), then SIGUSR1 (what SLURM sends signal_delay_s
     before the time limit): Lightning saves a checkpoint and requeues; the requeued job resumes
-    in the same run folder and finishes."""
+    in the same run folder and finishes.
+
+    Enough epochs that the signal, sent as soon as the first last.ckpt appears, lands in the middle
+    of training however fast the machine is (with 3 epochs, a fast CI box had finished fitting
+    before the signal arrived, so the restart had nothing to resume).
+    """
     sweep = tmp_path / "sweep"
-    epochs = 3
+    epochs = 20
     command = [
         sys.executable, "train.py", "-m", *DDP_TINY, "trainer=ddp_cpu", "trainer.devices=2",
         f"trainer.max_epochs={epochs}", shared_data, *SLURM, f"hydra.sweep.dir={sweep}",
@@ -130,7 +135,7 @@ def test_slurm_ddp_job_requeues_and_resumes_in_same_run_folder(tmp_path, shared_
         last = sweep / "0" / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 300
         while not last.is_file() and launch.poll() is None and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.2)
         assert last.is_file(), log_path.read_text()[-3000:]
         (job_id,) = submitit_jobs(sweep)
         subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
