@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_names=datamodule.class_names,
         mean=list(cfg.augment.mean),
         std=list(cfg.augment.std),
+        channels_last=bool(cfg.get("channels_last", False)),
     )
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 

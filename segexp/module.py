@@ -8,9 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from torchmetrics.classification import MulticlassConfusionMatrix
-
-from segexp.metrics import flat_scores
+from segexp.metrics import EvalState, argmax_classes, flat_scores
 from segexp.models import PadToMultiple
 from segexp.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -31,6 +29,9 @@ class SegModule(pl.LightningModule):
         mean / std: the normalisation the network was trained with (kept for inference).
         pad_multiple: inputs are padded to this multiple and outputs cropped back;
             None: the multiple the network needs (``segexp.models.required_multiple``).
+        channels_last: keep the network's weights and its inputs in channels_last memory
+            format (NHWC). Same results; on a GPU it runs convolutions 1.6-1.7x faster
+            (BENCHMARKS.md, U-Net-R34 512 px on an H100).
     """
 
     def __init__(
@@ -45,20 +46,20 @@ class SegModule(pl.LightningModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         pad_multiple: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = PadToMultiple(instantiate(net), pad_multiple)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.criterion = instantiate(loss)
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
-        # One confusion matrix per stage; every score is derived from it (segexp.metrics).
+        # One confusion matrix (+ loss sum) per stage; every score is derived from it
+        # (segexp.metrics), logged once at the end of the epoch.
         self.confmats = torch.nn.ModuleDict(
-            {
-                stage: MulticlassConfusionMatrix(
-                    num_classes, ignore_index=ignore_index, validate_args=False
-                )
-                for stage in ("val", "test")
-            }
+            {stage: EvalState(num_classes, ignore_index=ignore_index) for stage in ("val", "test")}
         )
         self.run_config: dict | None = None  # the full run config, stored in checkpoints
         # evaluate.py sets a segexp.inference.Inference (slide / TTA / postprocess) for test_step;
@@ -68,7 +69,7 @@ class SegModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes, H, W) logits."""
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -84,8 +85,8 @@ class SegModule(pl.LightningModule):
         else:
             logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        self.confmats[stage].update(logits.argmax(dim=1), batch["mask"])  # (B, C, H, W) -> (B, H, W)
+        # (B, C, H, W) -> (B, H, W); the loss is averaged with the matrix, not logged per step.
+        self.confmats[stage].update(argmax_classes(logits), batch["mask"], loss)
         return logits
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -99,7 +100,8 @@ class SegModule(pl.LightningModule):
         # compute() gathers the states of all processes, so every rank logs the global figures.
         matrix = confmat.compute()
         self.last_confmat[stage] = matrix.detach().cpu()
-        scores = flat_scores(matrix, self.class_names, stage)
+        scores = {f"{stage}/loss": float(confmat.mean_loss)}
+        scores.update(flat_scores(matrix, self.class_names, stage))
         prog = {f"{stage}/mIoU"}
         for name, value in scores.items():
             self.log(name, value, prog_bar=name in prog)

@@ -132,3 +132,31 @@ def test_unknown_arch_and_variant_are_clear_errors():
         build_model("unet", encoder_name="resnet1")
     with pytest.raises(ValueError, match=r"model.decoder_chanels: arch='unet'.*decoder_channels"):
         build_model("unet", decoder_chanels=[8, 8, 8, 8, 8])  # smp alone would ignore the typo
+
+
+def test_channels_last_gives_the_same_logits_and_survives_a_checkpoint(compose_cfg, tmp_path):
+    """channels_last=true (the GPU speed option): NHWC weights and inputs, same numbers."""
+    from omegaconf import OmegaConf
+
+    from segexp.checkpoint import load_module
+    from segexp.module import SegModule
+
+    cfg = compose_cfg(["channels_last=true"])
+    assert cfg.channels_last is True
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optimizer")}
+    args = dict(net=parts["model"], loss=parts["loss"], optimizer=parts["optimizer"], num_classes=6)
+    plain = SegModule(**args).eval()
+    nhwc = SegModule(**args, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    conv = next(m for m in nhwc.net.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # really NHWC, not a 1x1 kernel that is both
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(images), plain(images), rtol=1e-4, atol=1e-4)
+
+    path = tmp_path / "nhwc.ckpt"
+    torch.save({"state_dict": nhwc.state_dict(), "hyper_parameters": dict(nhwc.hparams)}, path)
+    loaded = load_module(path)
+    assert loaded.hparams.channels_last is True
+    assert loaded.memory_format == torch.channels_last
