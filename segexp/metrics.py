@@ -1,8 +1,9 @@
 """Segmentation scores from one confusion matrix.
 
-The module accumulates a torchmetrics ``MulticlassConfusionMatrix`` (rows =
-target, columns = prediction, ``ignore_index`` pixels dropped); every figure is
-derived from it here, so all of them agree and cost one bincount per batch.
+The module accumulates one confusion matrix per stage (``EvalState``, a torchmetrics
+Metric: rows = target, columns = prediction, ``ignore_index`` pixels dropped; summed
+over DDP processes); every figure is derived from it here, so all of them agree and
+cost one bincount per batch.
 
 Averaging (torchmetrics' macro semantics, as in DESIGN.md):
 - mIoU averages the classes present in the prediction or the target;
@@ -21,6 +22,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torchmetrics import Metric
 
 
 def confusion_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,3 +75,70 @@ def flat_scores(confmat: torch.Tensor, class_names: Sequence[str], prefix: str) 
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: an undefined score (class absent everywhere) is written as null."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` for (B, C, H, W) logits, ties to the lower class as argmax does.
+
+    On the CPU, torch's argmax over the channel dimension of an NCHW tensor is slow
+    (4.4 ms for 4 x 6 x 64 x 64 here, more than all other metric work together); one
+    comparison per class over contiguous planes is 5x faster. On other devices, or with
+    many classes, torch's own argmax is used.
+    """
+    if logits.device.type != "cpu" or logits.shape[1] > 32:
+        return logits.argmax(dim=1)
+    best = logits[:, 0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for index in range(1, logits.shape[1]):
+        plane = logits[:, index]
+        higher = plane > best
+        best = torch.where(higher, plane, best)
+        labels.masked_fill_(higher, index)
+    return labels
+
+
+class EvalState(Metric):
+    """What one evaluation stage accumulates: the confusion matrix and the mean loss.
+
+    ``update(preds, target, loss)``: predicted and target class maps (B, H, W) and the
+    batch's mean loss (weighted by batch size, as Lightning averages logged values).
+    Target pixels equal to ``ignore_index`` (or outside ``[0, num_classes)``) are dropped
+    in the same bincount as the rest: no boolean indexing per batch, which made
+    torchmetrics' MulticlassConfusionMatrix 20x slower here. States are sums, so DDP
+    processes combine exactly.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state(
+            "confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+        self.add_state("loss_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        classes = self.num_classes
+        target = target.reshape(-1).long()
+        keys = target * classes + preds.reshape(-1).long()
+        dropped = (target < 0) | (target >= classes)  # ignore_index and anything unlabelled
+        keys = keys.masked_fill(dropped, classes * classes)  # one extra bin, cut off below
+        counts = torch.bincount(keys, minlength=classes * classes + 1)
+        self.confmat += counts[: classes * classes].reshape(classes, classes)
+        if loss is not None:
+            self.loss_sum += loss.detach().double() * len(preds)
+            self.samples += len(preds)
+
+    def compute(self) -> torch.Tensor:
+        """The (C, C) confusion matrix (rows target, columns prediction), summed over processes.
+
+        Also sets ``mean_loss``: the batch-size-weighted mean of the losses given to update
+        (NaN if none), from the same synced states.
+        """
+        self.mean_loss = (
+            (self.loss_sum / self.samples).float() if self.samples > 0 else torch.tensor(float("nan"))
+        )
+        return self.confmat

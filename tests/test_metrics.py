@@ -107,3 +107,27 @@ def test_dice_and_fw_iou_on_a_hand_computed_case():
     assert float(scores["mean_dice"]) == pytest.approx((4 / 5 + 2 / 3) / 2)
     assert float(scores["fw_iou"]) == pytest.approx(0.75 * 2 / 3 + 0.25 * 0.5)
     assert float(scores["mIoU"]) == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_eval_state_matches_numpy_and_fast_argmax_matches_torch():
+    """EvalState's bincount (ignored and out-of-range targets dropped) and argmax_classes
+    against numpy and torch.argmax, ties included (the lower class wins, as in argmax)."""
+    from segexp.metrics import EvalState, argmax_classes
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 17, 9)
+    logits[:, 3] = logits[:, 1]  # exact ties between classes 1 and 3
+    assert torch.equal(argmax_classes(logits), logits.argmax(dim=1))
+    preds = logits.argmax(dim=1)
+    target = torch.randint(0, 5, (3, 17, 9))
+    target[0, :4] = 255
+    target[1, :2] = 7  # not a class: dropped like ignore_index
+    state = EvalState(5, ignore_index=255)
+    state.update(preds[:2], target[:2], torch.tensor(1.0))
+    state.update(preds[2:], target[2:], torch.tensor(4.0))
+    t, p = target.numpy().ravel(), preds.numpy().ravel()
+    keep = t < 5
+    expected = np.zeros((5, 5), dtype=np.int64)
+    np.add.at(expected, (t[keep], p[keep]), 1)
+    np.testing.assert_array_equal(state.compute().numpy(), expected)
+    assert float(state.mean_loss) == pytest.approx((1.0 * 2 + 4.0 * 1) / 3)  # weighted by batch size
