@@ -36,6 +36,15 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
     )
 
 
+def split_name(data: DictConfig, split: str) -> str:
+    """The dataset's own name for ``split``: a role (train / val / test) goes through
+    ``data.<role>_split`` (VOC's test role reads ``val``, COCO's val reads ``val2017``);
+    any other name is the dataset's split as written (e.g. ``split=train_aug``)."""
+    if split in ("train", "val", "test"):
+        return str(data.get(f"{split}_split") or split)
+    return split
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from pathlib import Path
 
@@ -49,10 +58,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.paths.output_dir)
     model = load_module(cfg.ckpt_path)
 
-    overrides = {"test_split": cfg.split, "mean": model.hparams.mean, "std": model.hparams.std}
+    data = data_config(cfg, model)
+    overrides = {
+        "test_split": split_name(data, cfg.split),
+        "mean": model.hparams.mean,
+        "std": model.hparams.std,
+    }
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
-    datamodule = instantiate(data_config(cfg, model), **overrides)
+    datamodule = instantiate(data, **overrides)
     if datamodule.num_classes != model.hparams.num_classes:
         raise ValueError(
             f"data.num_classes={datamodule.num_classes} but the checkpoint predicts "

@@ -181,3 +181,20 @@ def test_evaluate_missing_split_is_a_clear_error(setup, compose_cfg):
     root, ckpt = setup
     with pytest.raises(DataError, match="no folder .*images/train"):
         evaluate(eval_cfg(compose_cfg, ckpt, root, "split=train"))
+
+
+@pytest.mark.parametrize(
+    ("data", "split", "expected"),
+    [
+        ("voc", "test", "val"),  # VOC's test labels are not public: the test role reads val
+        ("coco", "val", "val2017"),
+        ("coco", "train", "train2017"),
+        ("shapes", "test", "test"),
+        ("voc", "train_aug", "train_aug"),  # not a role: the dataset's own split name
+    ],
+)
+def test_split_roles_go_through_the_data_config(compose_cfg, data, split, expected):
+    from evaluate import split_name
+
+    cfg = compose_cfg([f"data={data}", "data.root=/nowhere"] if data != "shapes" else [])
+    assert split_name(cfg.data, split) == expected
