@@ -213,3 +213,4 @@ def read_offline_run(path: str | os.PathLike) -> dict[str, Any]:
         elif record.get("type") == "history":
             run["history"].append(record["history"]["item"])
     return run
+

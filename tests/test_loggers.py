@@ -179,3 +179,23 @@ def test_multirun_logs_mask_images_and_tables(wandb_multirun: Path) -> None:
         expected = final[f"test/iou/{row[0]}"]
         assert row[1] == (pytest.approx(expected) if expected is not None else None)
     assert "test/confusion_matrix_table" in run["summary"]
+
+
+def test_csv_logger_keeps_earlier_rows_when_a_run_resumes(tmp_path):
+    """Lightning's CSVLogger deletes metrics.csv when a new logger opens the folder; a resumed
+    run must append to it, keeping the epochs before the stop (and new columns merge in)."""
+    import csv
+
+    from segexp.csv_logger import ResumableCSVLogger
+
+    first = ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
+    first.log_metrics({"val/mIoU": 0.25}, step=0)
+    first.log_metrics({"val/mIoU": 0.5}, step=1)
+    first.save()
+    resumed = ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
+    resumed.log_metrics({"val/mIoU": 0.75, "test/mIoU": 0.7}, step=2)
+    resumed.save()
+    with (tmp_path / "csv" / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["step"], row["val/mIoU"]) for row in rows] == [("0", "0.25"), ("1", "0.5"), ("2", "0.75")]
+    assert rows[-1]["test/mIoU"] == "0.7" and rows[0]["test/mIoU"] == ""
