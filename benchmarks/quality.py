@@ -30,10 +30,13 @@ QUICK_MARKS_S = (2, 4)
 # Label -> overrides on top of the configured default. Cheaper networks do more steps per minute.
 CANDIDATES = {
     "default": [],
-    "fpn-mobilenet_v2": ["model.arch=fpn", "model.encoder_name=mobilenet_v2"],
-    "deeplabv3plus-r18": ["model.arch=deeplabv3plus"],
-    "default, lr 5e-3": ["optimizer.lr=0.005"],
-    "default, batch 16": ["data.batch_size=16"],
+    "unet (stride 32, 14M params)": ["model=unet"],
+    "unet, cross-entropy": ["model=unet", "loss=ce"],
+    "default, cross-entropy": ["loss=ce"],
+    "fpn-mobilenet_v2": ["model=fpn", "model.encoder_name=mobilenet_v2"],
+    "deeplabv3plus-r18": ["model=deeplabv3plus"],
+    "default, lr 3e-3": ["optimizer.lr=0.003"],
+    "default, batch 8": ["data.batch_size=8"],
 }
 READ_THIS = 0.75  # the README's promise for `make train` (test mIoU); val mIoU checked here
 

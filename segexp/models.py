@@ -41,7 +41,7 @@ def build_model(
                 **kwargs,
             )
         _check_arch_kwargs(smp, arch, encoder_name, kwargs)
-        return smp.create_model(
+        net = smp.create_model(
             arch,
             encoder_name=encoder_name,
             encoder_weights=encoder_weights,
@@ -49,6 +49,8 @@ def build_model(
             classes=classes,
             **kwargs,
         )
+        drop_unused_stages(net.encoder)
+        return net
     except KeyError as error:
         if "architecture" in str(error).lower():
             archs = sorted([*smp.MODEL_ARCHITECTURES_MAPPING, "fcn"])
@@ -69,6 +71,21 @@ def build_model(
         ) from error
 
 
+def drop_unused_stages(encoder: nn.Module) -> None:
+    """Delete the ResNet stages an ``encoder_depth`` < 5 never runs.
+
+    smp builds all four ResNet layers and skips the deep ones in forward: their weights
+    would still fill checkpoints and the optimizer, and DDP stops on parameters that get
+    no gradient. Pretrained weights are already loaded when this runs.
+    """
+    if type(encoder).__name__ != "ResNetEncoder":
+        return
+    depth = int(getattr(encoder, "_depth", 5))
+    for index in range(max(depth, 1), 5):  # depth d runs layer1 .. layer{d-1}
+        if hasattr(encoder, f"layer{index}"):
+            delattr(encoder, f"layer{index}")
+
+
 def _check_arch_kwargs(smp: Any, arch: str, encoder_name: str, kwargs: dict[str, Any]) -> None:
     """smp drops unknown keywords silently unless the encoder is a timm one: refuse them here."""
     import inspect
@@ -81,7 +98,9 @@ def _check_arch_kwargs(smp: Any, arch: str, encoder_name: str, kwargs: dict[str,
     if unknown:
         raise ValueError(
             f"model.{unknown[0]}: arch={arch!r} has no argument(s) {unknown}; it accepts "
-            f"{sorted(accepted)}. Fix the key or remove it from the model config."
+            f"{sorted(accepted)}. Fix the key or remove it from the model config. To switch "
+            f"architecture, choose a whole model config (model={arch.lower()}, conf/model/): "
+            "model.arch=... keeps the keys of the current one (e.g. unet_small's decoder_channels)."
         )
 
 

@@ -15,6 +15,7 @@ overlap and occlude each other, vary in size and rotation, and two classes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "ring")
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 3  # bump when the drawing code changes, so caches regenerate
+FORMAT_VERSION = 5  # bump when the drawing code changes, so caches regenerate
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -95,22 +96,47 @@ def _visible_colour(rng, background, cx, cy, radius, min_distance=90.0, tries=20
     return tuple(int(c) for c in colour)
 
 
-def draw_scene(seed: int, image_size: int, max_objects: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """One scene from its seed: (image (H, W, 3) uint8, mask (H, W) uint8 class ids)."""
+def draw_scene(
+    seed: int,
+    image_size: int,
+    max_objects: int = 4,
+    radius_range: tuple[float, float] = (0.15, 0.30),
+    min_visible: float = 0.6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from its seed: (image (H, W, 3) uint8, mask (H, W) uint8 class ids).
+
+    ``radius_range``: object radii as fractions of ``image_size``; smaller objects make the
+    classes harder to tell apart (a 8 px triangle and star differ by a few pixels).
+    ``min_visible``: objects overlap, but a new object is placed only where every earlier
+    one keeps at least this fraction of its area visible; lower is harder (a triangle with
+    only its tip showing cannot be told from a star's).
+    """
     rng = np.random.default_rng(seed)
     background = _background(rng, image_size)
     canvas = Image.fromarray((background * 255).astype(np.uint8))
     mask = Image.new("L", (image_size, image_size), 0)
     draw_image, draw_mask = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
+    placed: list[tuple[np.ndarray, int]] = []  # (visible pixels, drawn area) of each object
 
     for _ in range(int(rng.integers(1, max_objects + 1))):
         class_id = int(rng.integers(1, len(CLASS_NAMES)))
-        radius = float(rng.uniform(0.12, 0.26) * image_size)
-        cx, cy = rng.uniform(0.1, 0.9, size=2) * image_size
-        angle = float(rng.uniform(0, 2 * math.pi))
-        aspect = float(rng.uniform(0.7, 1.0))
+        for _attempt in range(10):
+            radius = float(rng.uniform(*radius_range) * image_size)
+            # Centres keep most of the object inside the frame.
+            cx, cy = rng.uniform(0.6 * radius, image_size - 0.6 * radius, size=2)
+            angle = float(rng.uniform(0, 2 * math.pi))
+            aspect = float(rng.uniform(0.7, 1.0))
+            shape = (CLASS_NAMES[class_id], cx, cy, radius, angle, aspect)
+            layer = Image.new("1", (image_size, image_size), 0)
+            _draw_shape(ImageDraw.Draw(layer), *shape, fill=1)
+            own = np.asarray(layer, dtype=bool)
+            if all((visible & ~own).sum() >= min_visible * area for visible, area in placed):
+                break
+        else:
+            continue  # no placement leaves the others visible enough: fewer objects
+        placed = [(visible & ~own, area) for visible, area in placed]
+        placed.append((own, int(own.sum())))
         colour = _visible_colour(rng, background, cx, cy, radius)
-        shape = (CLASS_NAMES[class_id], cx, cy, radius, angle, aspect)
         _draw_shape(draw_image, *shape, fill=colour)
         _draw_shape(draw_mask, *shape, fill=class_id)
 
@@ -128,7 +154,9 @@ def generate_shapes(
     num_val: int = 80,
     num_test: int = 80,
     image_size: int = 128,
-    max_objects: int = 5,
+    max_objects: int = 4,
+    radius_range: tuple[float, float] | list[float] = (0.15, 0.30),
+    min_visible: float = 0.6,
     seed: int = 0,
 ) -> Path:
     """Write the shapes dataset to ``root`` unless it is already there with these parameters.
@@ -138,18 +166,64 @@ def generate_shapes(
     dataset that looks complete.
     """
     root = Path(root)
+    low, high = (float(r) for r in radius_range)
+    if not 0.0 < low <= high <= 0.5:
+        raise ValueError(
+            f"data.generate.radius_range={[low, high]}: need 0 < low <= high <= 0.5 "
+            "(object radii as fractions of the image size), e.g. [0.15, 0.30]"
+        )
+    if not 0.0 <= min_visible <= 1.0:
+        raise ValueError(
+            f"data.generate.min_visible={min_visible}: need a fraction in [0, 1] (how much of "
+            "each object later objects may not cover), e.g. 0.6"
+        )
     params = {
         "num_train": num_train,
         "num_val": num_val,
         "num_test": num_test,
         "image_size": image_size,
         "max_objects": max_objects,
+        "radius_range": [low, high],
+        "min_visible": float(min_visible),
         "seed": seed,
         "format_version": FORMAT_VERSION,
     }
     stamp = root / "shapes.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == params:
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs of one sweep (or DDP ranks) may all find the dataset missing at once: one writes
+    # it while the others wait, then find it written.
+    with _exclusive(root.parent / f".{root.name}.lock"):
+        if stamp.is_file() and json.loads(stamp.read_text()) == params:
+            return root
+        _write(root, params)
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (a no-op where fcntl is missing, i.e. Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write(root: Path, params: dict) -> None:
+    """Draw every split into a staging folder beside ``root``, then move it into place."""
+    stamp = root / "shapes.json"
+    num_train, num_val, num_test = params["num_train"], params["num_val"], params["num_test"]
+    image_size, max_objects, seed = params["image_size"], params["max_objects"], params["seed"]
+    low, high = params["radius_range"]
+    min_visible = params["min_visible"]
     if root.exists() and not stamp.is_file():
         raise FileExistsError(
             f"data.root={root} exists but holds no shapes.json, so it is not a generated "
@@ -157,7 +231,6 @@ def generate_shapes(
             "new folder (or delete this one)."
         )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split_index, split in enumerate(SPLITS):
@@ -166,7 +239,7 @@ def generate_shapes(
         for index in range(counts[split]):
             # Disjoint seeds per split and per dataset seed.
             scene_seed = seed * 10_000_019 + split_index * 1_000_003 + index
-            image, mask = draw_scene(scene_seed, image_size, max_objects)
+            image, mask = draw_scene(scene_seed, image_size, max_objects, (low, high), min_visible)
             name = f"{index:05d}.png"
             Image.fromarray(image).save(staging / "images" / split / name)
             Image.fromarray(mask).save(staging / "masks" / split / name)
@@ -176,4 +249,3 @@ def generate_shapes(
     if root.exists():
         shutil.rmtree(root)
     os.replace(staging, root)
-    return root

@@ -59,7 +59,7 @@ def test_other_num_classes_is_a_clear_error(compose_cfg, saved):
 
 def test_other_architecture_is_a_clear_error(compose_cfg, saved):
     with pytest.raises(CheckpointError) as error:
-        check_compatible(saved, build_module(compose_cfg(["model.arch=fpn"])))
+        check_compatible(saved, build_module(compose_cfg(["model=fpn"])))
     message = str(error.value)
     assert "model.arch: checkpoint 'unet', config 'fpn'" in message
     assert "missing from the checkpoint" in message

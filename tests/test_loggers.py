@@ -90,12 +90,12 @@ def test_finish_wandb_puts_final_metrics_in_summary(
 
 @pytest.fixture(scope="module")
 def wandb_multirun(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """`train.py -m model.arch=unet,fpn` on tiny data with W&B offline: the Done-when sweep."""
+    """`train.py -m model=unet,fpn` on tiny data with W&B offline: the Done-when sweep."""
     sweep_dir = tmp_path_factory.mktemp("wandb_sweep") / "sweep"
     result = run_script(
         "train.py",
         "-m",
-        "model.arch=unet,fpn",
+        "model=unet,fpn",
         *TINY,
         "logger=wandb",
         "callbacks.image_logger.num_images=3",
@@ -122,16 +122,17 @@ def test_multirun_gives_one_run_per_job_in_one_group(wandb_multirun: Path) -> No
         assert run["state"] == "finished"
         assert run["run_id"] == wandb_run_id(job_dir)
         assert run["group"] == sweep_group(wandb_multirun)
-        assert run["name"] == f"{job}:model.arch={arch}"  # the fixed TINY overrides are left out
+        assert run["name"] == f"{job}:model={arch}"  # the fixed TINY overrides are left out
 
         config = run["config"]
         assert config["model"]["arch"] == arch  # the resolved config
+        assert config["hydra_choices"]["model"] == arch
         saved = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == saved["optimizer"]["lr"]
         assert (
-            config["hydra_choices"]["loss"] == "ce" and config["hydra_choices"]["logger"] == "wandb"
+            config["hydra_choices"]["loss"] == "ce_dice" and config["hydra_choices"]["logger"] == "wandb"
         )
-        assert f"model.arch={arch}" in config["overrides"]
+        assert f"model={arch}" in config["overrides"]
         assert config["run"]["git_commit"] == git_commit
         assert config["run"]["packages"]["torch"] == metadata.version("torch")
         assert config["run"]["dir"] == str(job_dir.resolve())

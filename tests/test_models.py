@@ -160,3 +160,14 @@ def test_channels_last_gives_the_same_logits_and_survives_a_checkpoint(compose_c
     loaded = load_module(path)
     assert loaded.hparams.channels_last is True
     assert loaded.memory_format == torch.channels_last
+
+
+def test_shallow_resnet_encoder_holds_only_the_stages_it_runs(compose_cfg):
+    """encoder_depth=4 (model=unet_small): smp keeps ResNet's layer4 although forward never
+    runs it; segexp drops it, so every parameter trains (DDP refuses unused ones)."""
+    cfg = compose_cfg(["model=unet_small"])
+    assert cfg.model.encoder_depth == 4
+    net = instantiate(cfg.model)
+    assert not hasattr(net.encoder, "layer4") and hasattr(net.encoder, "layer3")
+    forward_backward(net, 64, 64)
+    assert all(p.grad is not None for p in net.parameters())

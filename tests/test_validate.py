@@ -57,7 +57,7 @@ def test_every_problem_is_listed_at_once(compose_cfg):
 
 def test_known_encoders_pass(compose_cfg):
     check_config(compose_cfg(["model.encoder_name=efficientnet-b0"]))
-    check_config(compose_cfg(["model.encoder_name=tu-resnet18", "model.arch=fpn"]))
+    check_config(compose_cfg(["model=fpn", "model.encoder_name=tu-resnet18"]))
 
 
 def test_crop_larger_than_images_without_padding(compose_cfg):
