@@ -36,16 +36,22 @@ def _check_weight(weight: torch.Tensor | None, num_classes: int, key: str) -> No
 def _soft_counts(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Soft true positives, predicted and target totals per class over labelled pixels: (C,) each."""
+    """Soft true positives, predicted and target totals per class over labelled pixels: (C,) each.
+
+    The true positives are the probability of each pixel's own class, summed per class
+    (gather + index_add), not a (B, C, H, W) one-hot product: the same numbers and
+    gradients at a quarter of the cost (1.0 vs 3.7 ms for 4 x 6 x 64 x 64 here).
+    """
     num_classes = logits.shape[1]
     probs = logits.float().softmax(dim=1)  # (B, C, H, W)
     valid = target != ignore_index  # (B, H, W)
-    one_hot = F.one_hot(torch.where(valid, target, 0), num_classes).permute(0, 3, 1, 2)
-    valid = valid.unsqueeze(1)
-    probs = probs * valid
-    one_hot = one_hot * valid
-    dims = (0, 2, 3)
-    return (probs * one_hot).sum(dims), probs.sum(dims), one_hot.sum(dims).to(probs.dtype)
+    labels = torch.where(valid, target, 0).long()
+    pred_total = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
+    own = probs.gather(1, labels.unsqueeze(1)).squeeze(1) * valid  # p(true class) per pixel
+    flat = labels.reshape(-1)
+    true_pos = probs.new_zeros(num_classes).index_add(0, flat, own.reshape(-1))
+    target_total = torch.bincount(flat[valid.reshape(-1)], minlength=num_classes)
+    return true_pos, pred_total, target_total[:num_classes].to(probs.dtype)
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
