@@ -170,6 +170,7 @@ def test_optuna_sweep_survives_failed_trial_and_records_best(
         "train.py",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
+        "~hydra.sweeper.params.model",  # the default model config, with an arch that fails
         "model.arch=choice(unet,no_such_arch)",
         *TINY,
         "test=false",
