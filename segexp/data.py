@@ -58,7 +58,11 @@ class SeededSampler(Sampler):
     """
 
     def __init__(
-        self, num_samples: int, seed: int, shuffle: bool = True, resume_at: tuple[int, int] | None = None
+        self,
+        num_samples: int,
+        seed: int,
+        shuffle: bool = True,
+        resume_at: tuple[int, int] | None = None,
     ) -> None:
         self.num_samples = num_samples
         self.seed = seed
@@ -110,6 +114,8 @@ class SeededAugmentation(Dataset):
         if transform is not None and hasattr(transform, "set_random_state"):
             transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         return self.dataset[index]
+
+
 def pad_collate(
     batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32
 ) -> dict[str, Any]:

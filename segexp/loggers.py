@@ -213,4 +213,3 @@ def read_offline_run(path: str | os.PathLike) -> dict[str, Any]:
         elif record.get("type") == "history":
             run["history"].append(record["history"]["item"])
     return run
-

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 def _class_weights(weight: Sequence[float] | None) -> torch.Tensor | None:

@@ -120,7 +120,9 @@ class EvalState(Metric):
         self.add_state("loss_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+    def update(
+        self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> None:
         classes = self.num_classes
         target = target.reshape(-1).long()
         keys = target * classes + preds.reshape(-1).long()
@@ -139,6 +141,8 @@ class EvalState(Metric):
         (NaN if none), from the same synced states.
         """
         self.mean_loss = (
-            (self.loss_sum / self.samples).float() if self.samples > 0 else torch.tensor(float("nan"))
+            (self.loss_sum / self.samples).float()
+            if self.samples > 0
+            else torch.tensor(float("nan"))
         )
         return self.confmat

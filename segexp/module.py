@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+
 from segexp.metrics import EvalState, argmax_classes, flat_scores
 from segexp.models import PadToMultiple
 from segexp.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -74,7 +75,9 @@ class SegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
@@ -119,7 +122,10 @@ class SegModule(pl.LightningModule):
             return {"optimizer": optimizer}
         total_steps = self.trainer.estimated_stepping_batches  # inf is refused by the schedule
         scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:

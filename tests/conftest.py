@@ -43,7 +43,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     """compose_cfg(overrides, config_name="train") -> the composed config, writing under tmp_path."""
 
-    def _compose(overrides: list[str] = (), config_name: str = "train", tiny: bool = True) -> DictConfig:
+    def _compose(
+        overrides: list[str] = (), config_name: str = "train", tiny: bool = True
+    ) -> DictConfig:
         base = TINY if tiny and config_name == "train" else []
         if any(o.startswith("data=") and o != "data=shapes" for o in overrides):
             base = [o for o in base if not o.startswith("data.generate.")]

@@ -56,7 +56,13 @@ def test_weights_are_cached_and_refreshed_when_files_change(tmp_path):
 def test_loss_weight_auto_fills_the_ce_weights(compose_cfg, tmp_path):
     fixtures.make_folder(tmp_path / "d")
     cfg = compose_cfg(
-        ["data=folder", f"data.root={tmp_path / 'd'}", "data.num_classes=3", "loss=ce", "loss.weight=auto"]
+        [
+            "data=folder",
+            f"data.root={tmp_path / 'd'}",
+            "data.num_classes=3",
+            "loss=ce",
+            "loss.weight=auto",
+        ]
     )
     datamodule = instantiate(cfg.data)
     loss = fill_auto_weights(
@@ -77,10 +83,17 @@ def test_auto_weights_in_the_default_ce_dice(compose_cfg, tmp_path):
     """The default loss (ce_dice) takes auto weights on its cross-entropy half."""
     fixtures.make_folder(tmp_path / "d")
     cfg = compose_cfg(
-        ["data=folder", f"data.root={tmp_path / 'd'}", "data.num_classes=3", "loss.losses.ce.weight=auto"]
+        [
+            "data=folder",
+            f"data.root={tmp_path / 'd'}",
+            "data.num_classes=3",
+            "loss.losses.ce.weight=auto",
+        ]
     )
     datamodule = instantiate(cfg.data)
-    loss = fill_auto_weights(OmegaConf.to_container(cfg.loss, resolve=True), datamodule, tmp_path / "cw")
+    loss = fill_auto_weights(
+        OmegaConf.to_container(cfg.loss, resolve=True), datamodule, tmp_path / "cw"
+    )
     expected = cached_class_weights(datamodule.raw_dataset("train"), 3, 255, tmp_path / "cw")
     assert loss["losses"]["ce"]["weight"] == expected
     assert instantiate(loss).losses["ce"].weight.tolist() == pytest.approx(expected)

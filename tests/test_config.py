@@ -13,7 +13,17 @@ NEEDS = {
     ("data", "folder"): ["data.root=/tmp/x", "data.num_classes=3"],
     **{("data", name): ["data.root=/tmp/x"] for name in ("voc", "cityscapes", "ade20k", "coco")},
 }
-ENTRY_GROUPS = ["data", "augment", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
+ENTRY_GROUPS = [
+    "data",
+    "augment",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+]
 
 
 def group_options():

@@ -98,7 +98,10 @@ def test_every_format_config_loads_a_batch(compose_cfg, tmp_path, fmt):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     # 48x64 fixtures: unpadded, or padded by a format whose config pads (mask: ignore_index)
-    assert batch["image"].shape[:2] == (2, 3) and tuple(batch["image"].shape[-2:]) in ((48, 64), (64, 64))
+    assert batch["image"].shape[:2] == (2, 3) and tuple(batch["image"].shape[-2:]) in (
+        (48, 64),
+        (64, 64),
+    )
     labels = set(batch["mask"].unique().tolist())
     assert labels <= {*range(cfg.data.num_classes), 255} and len(labels) > 1
 

@@ -130,7 +130,8 @@ def test_multirun_gives_one_run_per_job_in_one_group(wandb_multirun: Path) -> No
         saved = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == saved["optimizer"]["lr"]
         assert (
-            config["hydra_choices"]["loss"] == "ce_dice" and config["hydra_choices"]["logger"] == "wandb"
+            config["hydra_choices"]["loss"] == "ce_dice"
+            and config["hydra_choices"]["logger"] == "wandb"
         )
         assert f"model={arch}" in config["overrides"]
         assert config["run"]["git_commit"] == git_commit
@@ -198,5 +199,9 @@ def test_csv_logger_keeps_earlier_rows_when_a_run_resumes(tmp_path):
     resumed.save()
     with (tmp_path / "csv" / "metrics.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [(row["step"], row["val/mIoU"]) for row in rows] == [("0", "0.25"), ("1", "0.5"), ("2", "0.75")]
+    assert [(row["step"], row["val/mIoU"]) for row in rows] == [
+        ("0", "0.25"),
+        ("1", "0.5"),
+        ("2", "0.75"),
+    ]
     assert rows[-1]["test/mIoU"] == "0.7" and rows[0]["test/mIoU"] == ""

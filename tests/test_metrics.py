@@ -130,4 +130,6 @@ def test_eval_state_matches_numpy_and_fast_argmax_matches_torch():
     expected = np.zeros((5, 5), dtype=np.int64)
     np.add.at(expected, (t[keep], p[keep]), 1)
     np.testing.assert_array_equal(state.compute().numpy(), expected)
-    assert float(state.mean_loss) == pytest.approx((1.0 * 2 + 4.0 * 1) / 3)  # weighted by batch size
+    assert float(state.mean_loss) == pytest.approx(
+        (1.0 * 2 + 4.0 * 1) / 3
+    )  # weighted by batch size

@@ -143,7 +143,9 @@ def test_channels_last_gives_the_same_logits_and_survives_a_checkpoint(compose_c
 
     cfg = compose_cfg(["channels_last=true"])
     assert cfg.channels_last is True
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optimizer")}
+    parts = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optimizer")
+    }
     args = dict(net=parts["model"], loss=parts["loss"], optimizer=parts["optimizer"], num_classes=6)
     plain = SegModule(**args).eval()
     nhwc = SegModule(**args, channels_last=True).eval()

@@ -40,7 +40,13 @@ def test_cli_train_then_evaluate(tmp_path):
 
     ckpt = run / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
-    result = run_script("evaluate.py", f"ckpt_path={ckpt}", "split=val", f"hydra.run.dir={out}", "trainer.accelerator=cpu")
+    result = run_script(
+        "evaluate.py",
+        f"ckpt_path={ckpt}",
+        "split=val",
+        f"hydra.run.dir={out}",
+        "trainer.accelerator=cpu",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "metrics.json").read_text())
     trained = json.loads((run / "metrics.json").read_text())
@@ -51,7 +57,9 @@ def test_cli_train_then_evaluate(tmp_path):
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
-    result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}")
+    result = run_script(
+        "evaluate.py", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode == 2
     assert "missing.ckpt does not exist" in result.stderr
     assert "Traceback" not in result.stderr
