@@ -166,4 +166,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segexp.hydra_help import speed_up_help
+
+    speed_up_help()
     main()

@@ -102,7 +102,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from segexp.hydra_help import speed_up_help
     from segexp.reproduce import ReproduceError, rewrite_argv
+
+    speed_up_help()
 
     try:  # reproduce=/resume= become Hydra arguments before Hydra parses them
         sys.argv = rewrite_argv(sys.argv)

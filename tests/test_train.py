@@ -71,3 +71,36 @@ def test_help_lists_groups_without_importing_torch():
     assert "model: " in result.stdout and "loss: " in result.stdout
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "pytorch_lightning" not in imported
+
+
+def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
+    """segexp.hydra_help memoises Hydra's group-option lookups for --help: the same answers
+    as Hydra's own (its defaults included: configs only unless groups are asked for)."""
+    from hydra import initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    from segexp.hydra_help import speed_up_help
+    from tests.conftest import CONF
+
+    original = ConfigLoaderImpl.get_group_options
+    monkeypatch.setattr(ConfigLoaderImpl, "get_group_options", original)  # restored after
+    assert not speed_up_help(["train.py", "model=fpn"])  # not a help call: untouched
+    assert ConfigLoaderImpl.get_group_options is original
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        questions = [
+            ("model",),
+            ("hydra/sweeper",),
+            ("hydra",),
+            ("hydra/sweeper", ObjectType.GROUP),
+        ]
+        expected = [original(loader, *q) for q in questions]
+        assert speed_up_help(["train.py", "--help"])
+        assert ConfigLoaderImpl.get_group_options is not original
+        for _ in range(2):  # asked again: the remembered answer, still equal
+            answers = [ConfigLoaderImpl.get_group_options(loader, *q) for q in questions]
+            assert answers == expected
+    assert "unet_small" in answers[0] and "optuna" in answers[1]
+    assert answers[3] == ["sampler"] and "sampler" not in answers[1]  # the default filter kept
