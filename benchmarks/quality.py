@@ -178,8 +178,9 @@ def plot(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for curve in curves:
         points = curve["points"]
+        # A recipe that ended before a mark is drawn where it ended, not at the mark.
         ax.plot(
-            [0] + [p["mark_s"] / 60 for p in points],
+            [0] + [min(p["mark_s"], p["elapsed_s"]) / 60 for p in points],
             [0] + [p["val_mIoU"] for p in points],
             marker="o",
             label=curve["label"],
