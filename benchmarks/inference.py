@@ -1,10 +1,8 @@
 """Figure 5: inference images/s (whole image, sliding window, flip TTA) and peak memory.
 
-segexp.inference (predict.py's engine) lives on another branch; until it is merged
-the three modes are measured with the small reference implementations below,
-labelled "local" in the output. They do what such an engine does on the CPU:
-one forward per image; overlapping windows of the training size averaged; the
-mean of the softmax over identity + horizontal + vertical flips.
+Measured with segexp.inference.Inference, the engine evaluate.py and predict.py use:
+the whole image; overlapping windows of the training size (logits averaged); and
+the `inference=tta` config (softmax averaged over horizontal flip x 3 scales).
 
 Peak RSS comes from GNU time (``/usr/bin/time -f %M``) on a fresh process per measurement (the largest of
 the process and its children, e.g. loader workers): training runs a few steps of
@@ -13,7 +11,6 @@ the default recipe through train.py, inference a sliding-window + TTA prediction
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,46 +21,24 @@ import torch
 from benchmarks.harness import REPO, Figure, Settings, best, build_module, interleaved, python
 
 
-def predict_whole(net, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, C, H, W) class probabilities."""
-    return net(images).softmax(dim=1)
+def engines(train_size: int) -> dict[str, object]:
+    """segexp.inference.Inference as evaluate.py / predict.py configure it: the whole image;
+    windows of the training size with 1/3 overlap (the default stride, 2/3 of the window);
+    conf/inference/tta.yaml (horizontal flip x scales 0.75, 1, 1.25)."""
+    from segexp.inference import Inference
+
+    return {
+        "whole": Inference("whole"),
+        "slide": Inference("slide", crop_size=train_size),
+        "tta": Inference("whole", hflip=True, scales=[0.75, 1.0, 1.25]),
+    }
 
 
-def predict_sliding(net, images: torch.Tensor, window: int, overlap: float = 1 / 3) -> torch.Tensor:
-    """Average the probabilities of overlapping ``window``-sized tiles (B, 3, H, W) -> (B, C, H, W)."""
-    _, _, height, width = images.shape
-    stride = max(1, int(window * (1 - overlap)))
-
-    def starts(size: int) -> list[int]:
-        last = max(0, size - window)
-        return sorted({*range(0, last + 1, stride), last})
-
-    total = counts = None
-    for top in starts(height):
-        for left in starts(width):
-            tile = images[..., top : top + window, left : left + window]
-            probs = net(tile).softmax(dim=1)
-            if total is None:
-                total = images.new_zeros((images.shape[0], probs.shape[1], height, width))
-                counts = images.new_zeros((1, 1, height, width))
-            total[..., top : top + window, left : left + window] += probs
-            counts[..., top : top + window, left : left + window] += 1
-    return total / counts
-
-
-def predict_tta(net, images: torch.Tensor) -> torch.Tensor:
-    """Mean probabilities over identity, horizontal and vertical flips."""
-    probs = net(images).softmax(dim=1)
-    for dim in (-1, -2):
-        probs += net(images.flip(dim)).softmax(dim=1).flip(dim)
-    return probs / 3
-
-
-def images_per_second(fn, net, images: torch.Tensor, repeats: int) -> float:
+def images_per_second(engine, net, images: torch.Tensor, repeats: int) -> float:
     def measure() -> float:
         began = time.perf_counter()
         with torch.inference_mode():
-            fn(net, images)
+            engine.probs(net, images)
         return time.perf_counter() - began
 
     seconds = best(interleaved({"x": measure}, repeats, warmup=True)["x"])
@@ -104,8 +79,8 @@ def rss_probe(overrides: list[str], size: int, window: int) -> None:
     net = build_module(cfg, list(cfg.data.class_names)).eval()
     images = torch.randn(1, 3, size, size)
     with torch.inference_mode():
-        predict_sliding(net, images, window)
-        predict_tta(net, images)
+        for name in ("slide", "tta"):
+            engines(window)[name].probs(net, images)
 
 
 def run(settings: Settings) -> list[Figure]:
@@ -114,22 +89,23 @@ def run(settings: Settings) -> list[Figure]:
     size, batch, repeats = (train_size * 2, 2, 1) if settings.quick else (train_size * 2, 4, 3)
     net = build_module(cfg, list(cfg.data.class_names)).eval()
     images = torch.randn(batch, 3, size, size)
-    engine = importlib.util.find_spec("segexp.inference") is not None
-    label = "local" if not engine else "local (segexp.inference exists: wire it in here)"
+    engine = engines(train_size)
     figures = [
         Figure(
-            f"whole image, {size}px ({label})",
-            images_per_second(predict_whole, net, images, repeats),
+            f"whole image, {size}px",
+            images_per_second(engine["whole"], net, images, repeats),
             "img/s",
-            note=f"batch {batch}",
+            note=f"batch {batch}, segexp.inference",
         ),
         Figure(
-            f"sliding window {train_size}px, 1/3 overlap ({label})",
-            images_per_second(lambda n, x: predict_sliding(n, x, train_size), net, images, repeats),
+            f"sliding window {train_size}px, 1/3 overlap",
+            images_per_second(engine["slide"], net, images, repeats),
             "img/s",
         ),
         Figure(
-            f"flip TTA x3 ({label})", images_per_second(predict_tta, net, images, repeats), "img/s"
+            "TTA: hflip x scales 0.75/1/1.25 (6 passes)",
+            images_per_second(engine["tta"], net, images, repeats),
+            "img/s",
         ),
     ]
     overrides = settings.overrides()
