@@ -35,6 +35,12 @@ PACKAGES = (
 )
 
 
+# The process umask, read once at import (reading it means setting it, which is not
+# thread-safe later on).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
@@ -45,6 +51,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode any other file gets (0666 - umask),
+        # so teammates who can read the run folder can read its metrics too.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -104,3 +104,18 @@ def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
             assert answers == expected
     assert "unet_small" in answers[0] and "optuna" in answers[1]
     assert answers[3] == ["sampler"] and "sampler" not in answers[1]  # the default filter kept
+
+
+def test_run_files_are_written_whole_with_the_usual_mode(tmp_path):
+    """metrics.json & co. go through a temporary file (atomic), which mkstemp makes 0600;
+    the result must have the mode of any file this process creates, so others can read it."""
+    import os
+
+    from segexp.rundir import write_json
+
+    path = write_json(tmp_path / "metrics.json", {"val/mIoU": 0.5, "nan": float("nan")})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+    assert json.loads(path.read_text()) == {"nan": None, "val/mIoU": 0.5}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
