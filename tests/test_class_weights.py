@@ -53,47 +53,30 @@ def test_weights_are_cached_and_refreshed_when_files_change(tmp_path):
     assert cached_class_weights(dataset, 3, 255, tmp_path / "cache") == first
 
 
-def test_loss_weight_auto_fills_the_ce_weights(compose_cfg, tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "in_sum"),
+    [
+        (["loss=ce", "loss.weight=auto"], False),
+        (["loss.losses.ce.weight=auto"], True),  # the default ce_dice: its CE half
+    ],
+)
+def test_loss_weight_auto_fills_the_ce_weights(compose_cfg, tmp_path, overrides, in_sum):
     fixtures.make_folder(tmp_path / "d")
-    cfg = compose_cfg(
-        [
-            "data=folder",
-            f"data.root={tmp_path / 'd'}",
-            "data.num_classes=3",
-            "loss=ce",
-            "loss.weight=auto",
-        ]
-    )
+    data = ["data=folder", f"data.root={tmp_path / 'd'}", "data.num_classes=3"]
+    cfg = compose_cfg([*data, *overrides])
     datamodule = instantiate(cfg.data)
     loss = fill_auto_weights(
         OmegaConf.to_container(cfg.loss, resolve=True), datamodule, tmp_path / "cw"
     )
     expected = cached_class_weights(datamodule.raw_dataset("train"), 3, 255, tmp_path / "cw")
-    assert loss["weight"] == expected and len(expected) == 3 and expected != [1.0, 1.0, 1.0]
-    criterion = instantiate(loss)
+    assert len(expected) == 3 and expected != [1.0, 1.0, 1.0]
+    criterion, filled = instantiate(loss), loss
+    if in_sum:
+        criterion, filled = criterion.losses["ce"], loss["losses"]["ce"]
+    assert filled["weight"] == expected
     assert criterion.weight.tolist() == pytest.approx(expected)
-    # Nested losses (ce_dice) too; configs without "auto" pass through unchanged.
+    # Configs without "auto" pass through unchanged.
     nested = fill_auto_weights(
         {"losses": {"ce": {"weight": "auto"}}, "w": [1]}, datamodule, tmp_path / "cw"
     )
     assert nested == {"losses": {"ce": {"weight": expected}}, "w": [1]}
-
-
-def test_auto_weights_in_the_default_ce_dice(compose_cfg, tmp_path):
-    """The default loss (ce_dice) takes auto weights on its cross-entropy half."""
-    fixtures.make_folder(tmp_path / "d")
-    cfg = compose_cfg(
-        [
-            "data=folder",
-            f"data.root={tmp_path / 'd'}",
-            "data.num_classes=3",
-            "loss.losses.ce.weight=auto",
-        ]
-    )
-    datamodule = instantiate(cfg.data)
-    loss = fill_auto_weights(
-        OmegaConf.to_container(cfg.loss, resolve=True), datamodule, tmp_path / "cw"
-    )
-    expected = cached_class_weights(datamodule.raw_dataset("train"), 3, 255, tmp_path / "cw")
-    assert loss["losses"]["ce"]["weight"] == expected
-    assert instantiate(loss).losses["ce"].weight.tolist() == pytest.approx(expected)
