@@ -72,24 +72,29 @@ class SeededSampler(Sampler):
         self.resume_at = resume_at
 
     def set_epoch(self, epoch: int) -> None:
+        if self.resume_at is not None and epoch != self.resume_at[0]:
+            self.resume_at = None  # past the resumed epoch: full epochs from here on
         self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, done = self.epoch, 0
+        if self.resume_at is not None:
+            # A resumed run's first iteration is in the resumed epoch, even when it starts
+            # before Lightning calls set_epoch: on a restart Lightning creates the train
+            # iterator first, and loader workers prefetch indices as soon as it exists (the
+            # rest of that epoch was drawn from epoch 0's order). Every iterator of that
+            # epoch skips what was already trained on; set_epoch to a later one clears it.
+            epoch, done = self.resume_at
         if self.shuffle:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
-        if self.resume_at is not None:
-            epoch, done = self.resume_at
-            self.resume_at = None
-            if epoch == self.epoch:
-                order = order[done:]
-        for index in order:
-            yield index, sample_seed(self.seed, self.epoch, index)
+        for index in order[done:]:
+            yield index, sample_seed(self.seed, epoch, index)
 
 
 class SeededAugmentation(Dataset):

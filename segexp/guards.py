@@ -248,9 +248,15 @@ class ExactResume(pl.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
         # Restored before the train loader exists (Lightning builds it while configuring the
         # optimizers, to count the steps): tell the datamodule where the epoch stopped.
+        # The sampler needs it even at an epoch boundary: on a restart Lightning starts the
+        # train iterator before it calls set_epoch, so without it the first resumed epoch
+        # would be drawn in epoch 0's order.
         trainer = self._trainer
         datamodule = getattr(trainer, "datamodule", None)
-        if state.get("epoch_done", True) or not hasattr(datamodule, "resume_position"):
+        if "epoch" not in state or not hasattr(datamodule, "resume_position"):
+            return
+        if state["epoch_done"]:
+            datamodule.resume_position = (state["epoch"] + 1, 0)
             return
         if trainer.world_size > 1 or trainer.accumulate_grad_batches != 1:
             return  # sharded or accumulated batches: Lightning's own (approximate) mid-epoch restart

@@ -110,11 +110,19 @@ def test_seeded_sampler_depends_on_seed_and_epoch_only():
     assert list(sampler) != first
     sampler.set_epoch(0)
     assert list(sampler) == first
-    # A mid-epoch resume continues the same order after the samples already trained on, once.
-    resumed = SeededSampler(10, seed=3, resume_at=(0, 4))
-    assert list(resumed) == first[4:] and list(resumed) == first
-    other_epoch = SeededSampler(10, seed=3, resume_at=(1, 4))
-    assert list(other_epoch) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    # A mid-epoch resume continues the same order after the samples already trained on, in
+    # every iterator of that epoch, even one started before set_epoch (Lightning's restart
+    # does that); the next epoch is whole.
+    resumed = SeededSampler(10, seed=3, resume_at=(1, 4))
+    assert list(resumed) == second[4:]  # epoch still 0: the resumed epoch's order regardless
+    resumed.set_epoch(1)
+    assert list(resumed) == second[4:]
+    resumed.set_epoch(2)
+    assert resumed.resume_at is None and sorted(i for i, _ in resumed) == list(range(10))
+    resumed.set_epoch(0)
+    assert list(resumed) == first
 
 
 def test_seeded_augmentation_is_reproducible_and_transforms_independent():
@@ -206,3 +214,31 @@ def test_compose_cfg_still_has_reproduce_keys(compose_cfg):
     with open_dict(cfg):
         cfg.resume = "x"
     assert (CONF / "train.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("epoch", "batch"), [(1, 0), (0, 2)], ids=["mid-epoch", "epoch-end"])
+def test_resume_with_loader_workers_equals_the_original(tmp_path, epoch, batch):
+    """With loader workers, Lightning's restart starts the train iterator before set_epoch,
+    and workers prefetch at once: the resumed epoch must still be drawn in its own order
+    (it was drawn in epoch 0's order, so resumed runs trained on other data)."""
+    data = tmp_path / "data"
+    base = [
+        *TINY, "data.generate.num_train=12", "trainer.max_epochs=3", "data.num_workers=2",
+        "test=false", f"paths.data_dir={data}",
+    ]  # fmt: skip
+    original = tmp_path / "original"
+    result = run_script("train.py", *base, f"hydra.run.dir={original}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    signal_at = "+callbacks.send_signal"
+    result = run_script(
+        "train.py", *base, f"hydra.run.dir={killed}", f"{signal_at}._target_=tests.test_guards.SendSignal",
+        f"{signal_at}.signum=15", f"{signal_at}.epoch={epoch}", f"{signal_at}.batch={batch}",
+    )  # fmt: skip
+    assert result.returncode == 143, result.stderr[-3000:]
+    result = run_script("train.py", f"resume={killed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((original / "metrics.json").read_text())
+    assert json.loads((killed / "metrics.json").read_text()) == expected
