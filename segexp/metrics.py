@@ -126,7 +126,9 @@ class EvalState(Metric):
         classes = self.num_classes
         target = target.reshape(-1).long()
         keys = target * classes + preds.reshape(-1).long()
-        dropped = (target < 0) | (target >= classes)  # ignore_index and anything unlabelled
+        dropped = (target < 0) | (target >= classes)  # e.g. 255, or anything unlabelled
+        if self.ignore_index is not None and 0 <= self.ignore_index < classes:
+            dropped |= target == self.ignore_index  # an ignored id that is also a class id
         keys = keys.masked_fill(dropped, classes * classes)  # one extra bin, cut off below
         counts = torch.bincount(keys, minlength=classes * classes + 1)
         self.confmat += counts[: classes * classes].reshape(classes, classes)

@@ -133,3 +133,17 @@ def test_eval_state_matches_numpy_and_fast_argmax_matches_torch():
     assert float(state.mean_loss) == pytest.approx(
         (1.0 * 2 + 4.0 * 1) / 3
     )  # weighted by batch size
+
+
+def test_eval_state_drops_an_ignore_index_that_is_also_a_class_id():
+    """ignore_index inside [0, C) (e.g. 0 as 'unlabelled') is dropped, as torchmetrics does."""
+    from segexp.metrics import EvalState
+
+    target = torch.tensor([[0, 1, 2, 0]])
+    preds = torch.tensor([[1, 1, 2, 2]])
+    state = EvalState(3, ignore_index=0)
+    state.update(preds, target)
+    reference = MulticlassConfusionMatrix(3, ignore_index=0)
+    reference.update(preds, target)
+    assert torch.equal(state.compute(), reference.compute())
+    assert int(state.compute().sum()) == 2
