@@ -156,6 +156,15 @@ def test_seeded_augmentation_is_reproducible_and_transforms_independent():
     random.seed(0)  # the global RNGs do not reach albumentations' own state; seeds do
 
 
+def train_until_sigterm(base: list[str], run_dir, epoch: int, batch: int):
+    """``train.py`` that sends itself SIGTERM after training batch ``batch`` of ``epoch``."""
+    signal_at = "+callbacks.send_signal"
+    return run_script(
+        "train.py", *base, f"hydra.run.dir={run_dir}", f"{signal_at}._target_=tests.test_guards.SendSignal",
+        f"{signal_at}.signum=15", f"{signal_at}.epoch={epoch}", f"{signal_at}.batch={batch}",
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_cli_reproduce_and_resume_after_sigterm_equal_the_original(tmp_path):
     """In fresh processes, like a user: train; reproduce= (2 workers instead of 0); a run
@@ -181,11 +190,7 @@ def test_cli_reproduce_and_resume_after_sigterm_equal_the_original(tmp_path):
 
     # The process sends itself SIGTERM after batch 0 of epoch 0; it stops after batch 1.
     killed = tmp_path / "killed"
-    signal_at = "+callbacks.send_signal"
-    result = run_script(
-        "train.py", *base, f"hydra.run.dir={killed}", f"{signal_at}._target_=tests.test_guards.SendSignal",
-        f"{signal_at}.signum=15", f"{signal_at}.epoch=0", f"{signal_at}.batch=0",
-    )  # fmt: skip
+    result = train_until_sigterm(base, killed, epoch=0, batch=0)
     assert result.returncode == 143, result.stderr[-3000:]
     assert "stopped by SIGTERM mid-epoch (epoch 0, step 2)" in result.stderr
     assert not (killed / "metrics.json").exists()
@@ -232,11 +237,7 @@ def test_resume_with_loader_workers_equals_the_original(tmp_path, epoch, batch):
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    signal_at = "+callbacks.send_signal"
-    result = run_script(
-        "train.py", *base, f"hydra.run.dir={killed}", f"{signal_at}._target_=tests.test_guards.SendSignal",
-        f"{signal_at}.signum=15", f"{signal_at}.epoch={epoch}", f"{signal_at}.batch={batch}",
-    )  # fmt: skip
+    result = train_until_sigterm(base, killed, epoch=epoch, batch=batch)
     assert result.returncode == 143, result.stderr[-3000:]
     result = run_script("train.py", f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
