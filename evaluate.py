@@ -51,9 +51,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from segexp.checkpoint import load_module
-    from segexp.report import format_report, plot_confusion, write_confusion_csv
-    from segexp.rundir import write_json, write_metadata
+    from segexp.infer.report import format_report, plot_confusion, write_confusion_csv
+    from segexp.run.checkpoint import load_module
+    from segexp.run.rundir import write_json, write_metadata
 
     run_dir = Path(cfg.paths.output_dir)
     model = load_module(cfg.ckpt_path)
@@ -101,8 +101,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from segexp.checkpoint import CheckpointError
-    from segexp.datasets.base import DataError
+    from segexp.data.datasets.base import DataError
+    from segexp.run.checkpoint import CheckpointError
 
     try:
         evaluate(cfg)
@@ -112,7 +112,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from segexp.hydra_help import speed_up_help
+    from segexp.run.hydra_help import speed_up_help
 
     speed_up_help()
     main()

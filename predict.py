@@ -60,9 +60,9 @@ def predict(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
     from tqdm import tqdm
 
-    from segexp.checkpoint import load_module
-    from segexp.datasets.base import DataError, read_image
-    from segexp.inference import default_palette
+    from segexp.data.datasets.base import DataError, read_image
+    from segexp.infer.engine import default_palette
+    from segexp.run.checkpoint import load_module
 
     files = collect_inputs(str(cfg.input))
     out_dir = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "predictions"
@@ -136,7 +136,7 @@ def write_outputs(cfg, out_dir: Path, name: str, image, labels, palette, probs=N
     import numpy as np
     from PIL import Image
 
-    from segexp.inference import overlay
+    from segexp.infer.engine import overlay
 
     if cfg.save_masks:
         if len(palette) <= 256:
@@ -154,7 +154,7 @@ def write_outputs(cfg, out_dir: Path, name: str, image, labels, palette, probs=N
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from segexp.checkpoint import CheckpointError
+    from segexp.run.checkpoint import CheckpointError
 
     try:
         result = predict(cfg)
@@ -166,7 +166,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from segexp.hydra_help import speed_up_help
+    from segexp.run.hydra_help import speed_up_help
 
     speed_up_help()
     main()

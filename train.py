@@ -25,13 +25,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from segexp.checkpoint import check_compatible
-    from segexp.class_weights import fill_auto_weights
-    from segexp.distributed import is_global_zero
-    from segexp.module import SegModule
-    from segexp.rundir import write_json, write_metadata
+    from segexp.data.class_weights import fill_auto_weights
+    from segexp.model.module import SegModule
+    from segexp.run.checkpoint import check_compatible
+    from segexp.run.ranks import is_global_zero
+    from segexp.run.rundir import write_json, write_metadata
+    from segexp.run.validate import check_config
     from segexp.summary import print_summary
-    from segexp.validate import check_config
 
     check_config(cfg)  # bad values fail here, before any data is read
     run_dir = Path(cfg.paths.output_dir)
@@ -89,10 +89,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from segexp.distributed import distributed_job  # DDP in multiruns, SLURM requeue, lr_scaling
-    from segexp.guards import exit_codes
-    from segexp.reproduce import prepare_config
-    from segexp.sweeps import run_job
+    from segexp.run.distributed import (
+        distributed_job,  # DDP in multiruns, SLURM requeue, lr_scaling
+    )
+    from segexp.run.errors import exit_codes
+    from segexp.run.reproduce import prepare_config
+    from segexp.track.sweeps import run_job
 
     with exit_codes():  # signals and user errors: a message and a non-zero exit code
         cfg = prepare_config(cfg)
@@ -102,8 +104,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from segexp.hydra_help import speed_up_help
-    from segexp.reproduce import ReproduceError, rewrite_argv
+    from segexp.run.hydra_help import speed_up_help
+    from segexp.run.reproduce import ReproduceError, rewrite_argv
 
     speed_up_help()
 

@@ -88,7 +88,7 @@ def build_module(cfg, class_names: list[str]):
     """The SegModule exactly as train.py builds it from a composed config."""
     from omegaconf import OmegaConf
 
-    from segexp.module import SegModule
+    from segexp.model.module import SegModule
 
     return SegModule(
         net=OmegaConf.to_container(cfg.model, resolve=True),

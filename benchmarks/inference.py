@@ -1,6 +1,6 @@
 """Figure 5: inference images/s (whole image, sliding window, flip TTA) and peak memory.
 
-Measured with segexp.inference.Inference, the engine evaluate.py and predict.py use:
+Measured with segexp.infer.engine.Inference, the engine evaluate.py and predict.py use:
 the whole image; overlapping windows of the training size (logits averaged); and
 the `inference=tta` config (softmax averaged over horizontal flip x 3 scales).
 
@@ -22,10 +22,10 @@ from benchmarks.harness import REPO, Figure, Settings, best, build_module, inter
 
 
 def engines(train_size: int) -> dict[str, object]:
-    """segexp.inference.Inference as evaluate.py / predict.py configure it: the whole image;
+    """segexp.infer.engine.Inference as evaluate.py / predict.py configure it: the whole image;
     windows of the training size with 1/3 overlap (the default stride, 2/3 of the window);
     conf/inference/tta.yaml (horizontal flip x scales 0.75, 1, 1.25)."""
-    from segexp.inference import Inference
+    from segexp.infer.engine import Inference
 
     return {
         "whole": Inference("whole"),
@@ -95,7 +95,7 @@ def run(settings: Settings) -> list[Figure]:
             f"whole image, {size}px",
             images_per_second(engine["whole"], net, images, repeats),
             "img/s",
-            note=f"batch {batch}, segexp.inference",
+            note=f"batch {batch}, segexp.infer.engine",
         ),
         Figure(
             f"sliding window {train_size}px, 1/3 overlap",

@@ -42,8 +42,8 @@ READ_THIS = 0.75  # the README's promise for `make train` (test mIoU); val mIoU 
 
 
 def val_miou(module: pl.LightningModule, loader, num_classes: int, ignore_index: int) -> float:
-    """mIoU of ``module`` on ``loader`` in eval mode (segexp.metrics' definition)."""
-    from segexp.metrics import confusion_scores
+    """mIoU of ``module`` on ``loader`` in eval mode (segexp.model.metrics' definition)."""
+    from segexp.model.metrics import confusion_scores
 
     confmat = torch.zeros(num_classes, num_classes, dtype=torch.long)
     was_training = module.training

@@ -1,11 +1,11 @@
-"""segexp.browse: a PNG grid of augmented samples with masks overlaid."""
+"""segexp.data.browse: a PNG grid of augmented samples with masks overlaid."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from segexp.browse import main, overlay
+from segexp.data.browse import main, overlay
 from tests import fixtures_data as fixtures
 
 

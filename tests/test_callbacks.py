@@ -1,4 +1,4 @@
-"""segexp.callbacks: the W&B image logger (masks every N epochs, IoU table + confusion matrix at the end)."""
+"""segexp.track.callbacks: the W&B image logger (masks every N epochs, IoU table + confusion matrix at the end)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segexp.callbacks import SegImageLogger, class_labels, denormalize, per_class_rows
+from segexp.track.callbacks import SegImageLogger, class_labels, denormalize, per_class_rows
 
 
 def test_denormalize_undoes_the_pipeline() -> None:
@@ -56,11 +56,11 @@ def test_without_wandb_collects_nothing() -> None:
 
 def test_fit_end_logs_images_when_stopped_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """Early stopping after epoch 4 of every-5: the images of where training ended are still logged."""
-    import segexp.callbacks
+    import segexp.track.callbacks
 
     calls = []
     callback = SegImageLogger(num_images=1, every_n_epochs=5, log_tables=False)
-    monkeypatch.setattr(segexp.callbacks, "find_wandb_logger", lambda trainer: "wandb")
+    monkeypatch.setattr(segexp.track.callbacks, "find_wandb_logger", lambda trainer: "wandb")
     monkeypatch.setattr(
         callback, "_log_images", lambda trainer, module, logger: calls.append(module.training)
     )
@@ -78,7 +78,7 @@ def test_images_logged_every_n_epochs_in_a_real_run(compose_cfg) -> None:
     """3 epochs, every 2: images after epochs 2 and 3 (the last), each with GT and prediction masks."""
     from pathlib import Path
 
-    from segexp.loggers import finish_wandb, offline_runs, read_offline_run
+    from segexp.track.loggers import finish_wandb, offline_runs, read_offline_run
     from train import train
 
     cfg = compose_cfg(

@@ -1,4 +1,4 @@
-"""segexp.check: a clean dataset passes; every defect planted in a broken copy is reported."""
+"""segexp.data.check: a clean dataset passes; every defect planted in a broken copy is reported."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.check import main
+from segexp.data.check import main
 from tests import fixtures_data as fixtures
 from tests.conftest import run_script
 
@@ -75,7 +75,7 @@ def test_every_planted_defect_is_reported_and_exit_is_nonzero(clean, tmp_path):
     shutil.copytree(root, broken)
     planted = plant_defects(broken)
     result = run_script(
-        "-m", "segexp.check", "data=folder", f"data.root={broken}", "data.num_classes=3"
+        "-m", "segexp.data.check", "data=folder", f"data.root={broken}", "data.num_classes=3"
     )
     assert result.returncode == 1, result.stdout + result.stderr
     errors = result.stdout.split("ERRORS")[1]

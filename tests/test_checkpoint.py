@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from segexp.checkpoint import CheckpointError, check_compatible, load_module, read_checkpoint
-from segexp.module import SegModule
+from segexp.model.module import SegModule
+from segexp.run.checkpoint import CheckpointError, check_compatible, load_module, read_checkpoint
 from train import train
 
 
@@ -106,7 +106,7 @@ def test_untrusted_target_in_checkpoint_config_is_refused(compose_cfg, saved, tm
     assert not marker.exists()
 
     checkpoint = torch.load(saved, weights_only=True)
-    checkpoint["hyper_parameters"]["loss"] = {"_target_": "segexp.losses.CrossEntropyLoss"}
+    checkpoint["hyper_parameters"]["loss"] = {"_target_": "segexp.model.losses.CrossEntropyLoss"}
     checkpoint["run_config"] = {"data": {"_target_": "subprocess.run", "args": ["true"]}}
     torch.save(checkpoint, saved)
     with pytest.raises(CheckpointError, match=r"run_config\.data\._target_=subprocess\.run"):

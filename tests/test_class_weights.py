@@ -10,13 +10,13 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segexp.class_weights import (
+from segexp.data.class_weights import (
     cached_class_weights,
     fill_auto_weights,
     label_counts,
     median_frequency_weights,
 )
-from segexp.datasets import FolderDataset
+from segexp.data.datasets import FolderDataset
 from tests import fixtures_data as fixtures
 
 

@@ -1,4 +1,4 @@
-"""segexp.compare: the table and plots built from run folders alone."""
+"""segexp.track.compare: the table and plots built from run folders alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segexp.compare import compare, find_runs, main, parse_overrides
+from segexp.errors import UserError
+from segexp.track.compare import compare, find_runs, main, parse_overrides
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -132,7 +133,7 @@ def test_cli_prints_table(sweep: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_empty_folder_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no run folders"):
+    with pytest.raises(UserError, match="no run folders"):
         compare(tmp_path)
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(UserError, match="is not a folder"):
         compare(tmp_path / "missing")

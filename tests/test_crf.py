@@ -52,7 +52,7 @@ def test_crf_checks_its_inputs(crf):
 
 
 def test_missing_extra_names_the_install_command(monkeypatch):
-    from segexp.crf import DenseCRF
+    from segexp.infer.postprocess import DenseCRF
 
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import now fails
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segexp.data import SegDataModule
-from segexp.datasets import DataError, FolderDataset
+from segexp.data.datamodule import SegDataModule
+from segexp.data.datasets import DataError, FolderDataset
 
 
 def write_dataset(root, splits=("train", "val", "test"), count=3, size=(40, 48), num_classes=3):

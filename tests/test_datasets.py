@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.datasets import (
+from segexp.data.datasets import (
     ADE20KDataset,
     CityscapesDataset,
     COCODataset,
@@ -14,7 +14,7 @@ from segexp.datasets import (
     FolderDataset,
     VOCDataset,
 )
-from segexp.datasets.base import read_image, read_mask
+from segexp.data.datasets.base import read_image, read_mask
 from tests import fixtures_data as fixtures
 
 

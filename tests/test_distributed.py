@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segexp import distributed
+from segexp.run import distributed, ranks
 from tests.conftest import CONF, TINY, run_script
 
 # Split sizes divide by 2 processes: DistributedSampler would otherwise repeat samples.
@@ -63,12 +63,12 @@ def test_distributed_job_restores_env_and_argv(compose_cfg, monkeypatch):
 def test_is_global_zero_reads_every_launcher(monkeypatch):
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
-    assert distributed.is_global_zero()
+    assert ranks.is_global_zero()
     for name in ("LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
         monkeypatch.setenv(name, "1")
-        assert not distributed.is_global_zero(), name
+        assert not ranks.is_global_zero(), name
         monkeypatch.setenv(name, "0")
-    assert distributed.is_global_zero()
+    assert ranks.is_global_zero()
 
 
 def test_requeued_slurm_job_resumes_from_newest_checkpoint(compose_cfg, monkeypatch, tmp_path):
@@ -183,7 +183,7 @@ def test_ddp_metrics_equal_one_process(ddp_sweep, compose_cfg):
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from segexp.checkpoint import load_module
+    from segexp.run.checkpoint import load_module
 
     root, sweep, _ = ddp_sweep
     ddp_metrics = json.loads((sweep / "0" / "metrics.json").read_text())

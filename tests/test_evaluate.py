@@ -12,9 +12,14 @@ from omegaconf import open_dict
 from PIL import Image
 
 from evaluate import evaluate
-from segexp.checkpoint import load_module
-from segexp.datasets.base import DataError
-from segexp.report import format_report, plot_confusion, read_confusion_csv, write_confusion_csv
+from segexp.data.datasets.base import DataError
+from segexp.infer.report import (
+    format_report,
+    plot_confusion,
+    read_confusion_csv,
+    write_confusion_csv,
+)
+from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.test_metrics import numpy_reference
 from tests.tiny_checkpoint import IGNORE, normalise, write_checkpoint, write_folder_dataset

@@ -1,4 +1,4 @@
-"""segexp.export: ONNX and TorchScript exports agree with PyTorch at sizes they were not traced at."""
+"""segexp.infer.export: ONNX and TorchScript exports agree with PyTorch at sizes they were not traced at."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from segexp.checkpoint import load_module
-from segexp.export import ExportError, export, run_exported
+from segexp.infer.export import ExportError, export, run_exported
+from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.tiny_checkpoint import write_checkpoint
 
@@ -54,7 +54,7 @@ def test_cli_export_prints_parity(tmp_path, compose_cfg):
     out = tmp_path / "model.onnx"
     result = run_script(
         "-m",
-        "segexp.export",
+        "segexp.infer.export",
         f"ckpt_path={ckpt}",
         f"output={out}",
         f"hydra.run.dir={tmp_path / 'run'}",

@@ -15,15 +15,14 @@ from omegaconf import open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from segexp.guards import (
+from segexp.run.signals import (
     ExactResume,
     FiniteLoss,
     Interrupted,
     NonFiniteLossError,
     SignalCheckpoint,
-    exit_codes,
 )
-from segexp.validate import ConfigError
+from segexp.run.validate import ConfigError
 from train import train
 
 # 12 training images in batches of 4: three steps an epoch, so a signal can land mid-epoch.
@@ -146,19 +145,6 @@ def test_exact_resume_rng_round_trip_and_loads_weights_only(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
-
-
-def test_exit_codes_make_signals_nonzero_and_errors_short(capsys):
-    with pytest.raises(SystemExit) as stopped, exit_codes():
-        raise SIGTERMException()  # what Lightning raises: SystemExit with code 0
-    assert stopped.value.code == 143
-    with pytest.raises(SystemExit) as stopped, exit_codes():
-        raise ConfigError("data.batch_size=0: must be an integer >= 1")
-    assert stopped.value.code == 2
-    assert "error: data.batch_size=0" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stopped, exit_codes():
-        raise Interrupted(signal.SIGUSR1, "stopped")
-    assert stopped.value.code == 128 + signal.SIGUSR1
 
 
 def test_signal_checkpoint_handles_the_three_signals():

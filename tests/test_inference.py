@@ -1,4 +1,4 @@
-"""segexp.inference: whole / sliding window / TTA / postprocess against direct computations."""
+"""segexp.infer.engine: whole / sliding window / TTA / postprocess against direct computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from segexp.inference import Inference, default_palette, denormalize, overlay, window_starts
+from segexp.infer.engine import Inference, default_palette, denormalize, overlay, window_starts
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 

@@ -1,4 +1,4 @@
-"""segexp.loggers: W&B offline runs, their ids, names, groups, config and summary, read back with wandb's tooling."""
+"""segexp.track.loggers: W&B offline runs, their ids, names, groups, config and summary, read back with wandb's tooling."""
 
 from __future__ import annotations
 
@@ -12,16 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from segexp.loggers import (
-    WANDB_ID_FILE,
-    _choose_run_id,
-    finish_wandb,
-    offline_runs,
-    read_offline_run,
-    wandb_mode,
-    wandb_run_id,
-)
-from segexp.sweeps import sweep_group
+from segexp.run.job import sweep_group
+from segexp.run.wandb_id import WANDB_ID_FILE, choose_wandb_id
+from segexp.run.wandb_id import read_wandb_id as wandb_run_id
+from segexp.track.loggers import finish_wandb, offline_runs, read_offline_run, wandb_mode
 from tests.conftest import REPO, TINY, run_script
 
 
@@ -52,24 +46,30 @@ def test_wandb_mode_never_prompts(clean_env: pytest.MonkeyPatch, tmp_path: Path)
 
 def test_run_id_saved_and_reused(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert wandb_run_id(tmp_path) is None
-    first = _choose_run_id(tmp_path, None)
+    first = choose_wandb_id(tmp_path, None)
     assert len(first) == 8 and first.isalnum() and first == first.lower()
     assert (tmp_path / WANDB_ID_FILE).read_text().strip() == first
-    assert _choose_run_id(tmp_path, None) == first  # a resumed run keeps its W&B run
+    assert choose_wandb_id(tmp_path, None) == first  # a resumed run keeps its W&B run
     assert wandb_run_id(tmp_path) == first
-    assert _choose_run_id(tmp_path, "explicit1") == "explicit1" == wandb_run_id(tmp_path)
+    assert choose_wandb_id(tmp_path, "explicit1") == "explicit1" == wandb_run_id(tmp_path)
 
     agent_dir = tmp_path / "agent"
     agent_dir.mkdir()
     clean_env.setenv("WANDB_RUN_ID", "fromagent")  # `wandb agent` owns the id of a sweep run
-    assert _choose_run_id(agent_dir, None) == "fromagent" == wandb_run_id(agent_dir)
+    assert choose_wandb_id(agent_dir, None) == "fromagent" == wandb_run_id(agent_dir)
 
     rank1_dir = tmp_path / "rank1"
     rank1_dir.mkdir()
     clean_env.delenv("WANDB_RUN_ID")
     clean_env.setenv("LOCAL_RANK", "1")
-    assert _choose_run_id(rank1_dir, None) is None
+    assert choose_wandb_id(rank1_dir, None) != first
     assert not (rank1_dir / WANDB_ID_FILE).exists()  # only rank 0 writes
+    for name in ("RANK", "NODE_RANK", "SLURM_PROCID"):  # the one rank test reads every launcher
+        clean_env.setenv("LOCAL_RANK", "0")
+        clean_env.setenv(name, "2")
+        choose_wandb_id(rank1_dir, None)
+        assert not (rank1_dir / WANDB_ID_FILE).exists(), name
+        clean_env.delenv(name)
 
 
 def test_finish_wandb_puts_final_metrics_in_summary(
@@ -188,7 +188,7 @@ def test_csv_logger_keeps_earlier_rows_when_a_run_resumes(tmp_path):
     run must append to it, keeping the epochs before the stop (and new columns merge in)."""
     import csv
 
-    from segexp.csv_logger import ResumableCSVLogger
+    from segexp.track.csv_logger import ResumableCSVLogger
 
     first = ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
     first.log_metrics({"val/mIoU": 0.25}, step=0)

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from segexp.losses import (
+from segexp.model.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,

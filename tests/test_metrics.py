@@ -1,4 +1,4 @@
-"""segexp.metrics against an independent numpy computation and torchmetrics."""
+"""segexp.model.metrics against an independent numpy computation and torchmetrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from segexp.metrics import confusion_scores, flat_scores
+from segexp.model.metrics import confusion_scores, flat_scores
 
 IGNORE = 255
 
@@ -112,7 +112,7 @@ def test_dice_and_fw_iou_on_a_hand_computed_case():
 def test_eval_state_matches_numpy_and_fast_argmax_matches_torch():
     """EvalState's bincount (ignored and out-of-range targets dropped) and argmax_classes
     against numpy and torch.argmax, ties included (the lower class wins, as in argmax)."""
-    from segexp.metrics import EvalState, argmax_classes
+    from segexp.model.metrics import EvalState, argmax_classes
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 17, 9)
@@ -137,7 +137,7 @@ def test_eval_state_matches_numpy_and_fast_argmax_matches_torch():
 
 def test_eval_state_drops_an_ignore_index_that_is_also_a_class_id():
     """ignore_index inside [0, C) (e.g. 0 as 'unlabelled') is dropped, as torchmetrics does."""
-    from segexp.metrics import EvalState
+    from segexp.model.metrics import EvalState
 
     target = torch.tensor([[0, 1, 2, 0]])
     preds = torch.tensor([[1, 1, 2, 2]])

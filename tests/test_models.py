@@ -8,7 +8,13 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.nn import functional as F
 
-from segexp.models import FCN, PadToMultiple, bilinear_upsample, build_model, required_multiple
+from segexp.model.networks import (
+    FCN,
+    PadToMultiple,
+    bilinear_upsample,
+    build_model,
+    required_multiple,
+)
 from tests.conftest import CONF
 
 MODELS = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
@@ -138,8 +144,8 @@ def test_channels_last_gives_the_same_logits_and_survives_a_checkpoint(compose_c
     """channels_last=true (the GPU speed option): NHWC weights and inputs, same numbers."""
     from omegaconf import OmegaConf
 
-    from segexp.checkpoint import load_module
-    from segexp.module import SegModule
+    from segexp.model.module import SegModule
+    from segexp.run.checkpoint import load_module
 
     cfg = compose_cfg(["channels_last=true"])
     assert cfg.channels_last is True

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from segexp.optim import build_optimizer, cosine, onecycle, param_groups, poly
+from segexp.model.optim import build_optimizer, cosine, onecycle, param_groups, poly
 from tests.conftest import CONF
 
 SCHEDULERS = sorted(path.stem for path in (CONF / "scheduler").glob("*.yaml"))
@@ -167,7 +167,7 @@ def test_schedules_refuse_an_unbounded_run():
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler_option_through_segmodule(compose_cfg, name):
     """SegModule.configure_optimizers with each scheduler/ option: groups, per-step interval."""
-    from segexp.module import SegModule
+    from segexp.model.module import SegModule
 
     cfg = compose_cfg([f"scheduler={name}", "optimizer.encoder_lr_mult=0.5"])
     container = OmegaConf.to_container(cfg, resolve=True)

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from predict import InputError, collect_inputs, predict, unique_stems
-from segexp.checkpoint import load_module
-from segexp.inference import default_palette
+from segexp.infer.engine import default_palette
+from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.tiny_checkpoint import normalise, write_checkpoint
 

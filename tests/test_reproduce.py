@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from segexp.data import SeededAugmentation, SeededSampler
-from segexp.reproduce import ReproduceError, prepare_config, rewrite_argv, wandb_run_id
+from segexp.data.datamodule import SeededAugmentation, SeededSampler
+from segexp.run.reproduce import ReproduceError, prepare_config, rewrite_argv
+from segexp.run.wandb_id import read_wandb_id as wandb_run_id
 from tests.conftest import CONF, TINY, run_script
 
 
@@ -128,8 +129,8 @@ def test_seeded_sampler_depends_on_seed_and_epoch_only():
 def test_seeded_augmentation_is_reproducible_and_transforms_independent():
     import albumentations as A
 
-    from segexp.datasets.base import SegDataset
-    from segexp.transforms import build_transform
+    from segexp.data.datasets.base import SegDataset
+    from segexp.data.transforms import build_transform
 
     class Tiny(SegDataset):
         def __init__(self):

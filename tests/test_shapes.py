@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.shapes import CLASS_NAMES, draw_scene, generate_shapes
+from segexp.data.shapes import CLASS_NAMES, draw_scene, generate_shapes
 
 
 def test_scene_is_deterministic_and_seed_dependent():
@@ -62,7 +62,7 @@ def test_concurrent_jobs_write_the_dataset_once(tmp_path, monkeypatch):
     import threading
     import time
 
-    from segexp import shapes
+    from segexp.data import shapes
 
     calls = []
     real_write = shapes._write

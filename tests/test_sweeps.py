@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from segexp.sweeps import ERROR_FILE, command_line_fixed_keys, run_job, run_name, sweep_group
+from segexp.track.sweeps import ERROR_FILE, command_line_fixed_keys, run_job, run_name, sweep_group
 from tests.conftest import CONF, REPO, TINY, run_script
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -144,7 +144,7 @@ def test_run_job_finishes_the_wandb_run_of_a_failed_job(compose_cfg, monkeypatch
     """The next job of the sweep must not log into the failed job's W&B run."""
     import wandb
 
-    from segexp.loggers import read_offline_run
+    from segexp.track.loggers import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cfg()

@@ -74,14 +74,14 @@ def test_help_lists_groups_without_importing_torch():
 
 
 def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
-    """segexp.hydra_help memoises Hydra's group-option lookups for --help: the same answers
+    """segexp.run.hydra_help memoises Hydra's group-option lookups for --help: the same answers
     as Hydra's own (its defaults included: configs only unless groups are asked for)."""
     from hydra import initialize_config_dir
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.object_type import ObjectType
 
-    from segexp.hydra_help import speed_up_help
+    from segexp.run.hydra_help import speed_up_help
     from tests.conftest import CONF
 
     original = ConfigLoaderImpl.get_group_options
@@ -111,7 +111,7 @@ def test_run_files_are_written_whole_with_the_usual_mode(tmp_path):
     the result must have the mode of any file this process creates, so others can read it."""
     import os
 
-    from segexp.rundir import write_json
+    from segexp.run.rundir import write_json
 
     path = write_json(tmp_path / "metrics.json", {"val/mIoU": 0.5, "nan": float("nan")})
     plain = tmp_path / "plain.txt"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from segexp.validate import ConfigError, check_config, check_pipeline
+from segexp.run.validate import ConfigError, check_config, check_pipeline
 from train import train
 
 CROP = {"_target_": "albumentations.RandomCrop", "height": 96, "width": 96}

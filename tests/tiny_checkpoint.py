@@ -1,7 +1,7 @@
 """Test helpers for evaluation and inference: a folder dataset and an untrained checkpoint.
 
 Writing the checkpoint dict directly (as Lightning does) skips a training run, so the
-tests of evaluate.py, predict.py and segexp.export take seconds.
+tests of evaluate.py, predict.py and segexp.infer.export take seconds.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def write_checkpoint(
     a -1e4 output bias so they are never the argmax (absent from every prediction)."""
     import torch
 
-    from segexp.module import SegModule
+    from segexp.model.module import SegModule
 
     torch.manual_seed(seed)
     cfg = compose_cfg(

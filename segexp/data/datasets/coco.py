@@ -1,0 +1,191 @@
+"""COCO instance annotations converted to semantic masks (pycocotools), cached on first use.
+
+    root/annotations/instances_{split}.json      e.g. instances_train2017.json
+    root/{split}/<file_name>                     e.g. train2017/000000000009.jpg
+
+Conversion rules (deterministic, the same every epoch and on every machine):
+- class ids are contiguous: 0 = background, then the chosen categories in the
+  order given (``categories``), or in COCO category-id order when all are used;
+  instances of categories not chosen are background;
+- polygons and RLE (compressed and uncompressed) are both decoded;
+- where instances overlap, the smaller one (by annotation ``area``) is drawn last
+  and wins: it is usually the object in front (a cup on a table); ties go to the
+  higher annotation id;
+- ``iscrowd`` regions become ``ignore_index`` wherever no single (non-crowd)
+  instance labels the pixel.
+Masks are written as PNGs under ``cache_dir`` the first time a sample is read,
+keyed by the annotation file and the conversion settings, so later epochs and
+runs only read a PNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segexp.data.datasets.base import DataError, SegDataset, read_mask
+
+CONVERSION_VERSION = 1  # bump when the rules above change, so caches are rebuilt
+
+# The 20 COCO categories that are the VOC classes, in VOC order (torchvision's reference).
+VOC_CATEGORIES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "couch",
+    "train", "tv",
+)  # fmt: skip
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """One annotation's segmentation (polygons, RLE or compressed RLE) -> (H, W) bool."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
+        polygons = [p for p in segmentation if len(p) >= 6]  # < 3 points has no area
+        if not polygons:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE (crowds)
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:  # compressed RLE
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def semantic_mask(
+    height: int, width: int, annotations: list[dict], ignore_index: int = 255
+) -> np.ndarray:
+    """Paint instances into one class map with the rules in the module docstring.
+
+    ``annotations``: dicts with ``segmentation``, ``label`` (contiguous id), ``iscrowd``,
+    ``area`` and ``id``.
+    """
+    mask = np.zeros((height, width), dtype=np.uint8)
+    crowd = np.zeros((height, width), dtype=bool)
+    things = [a for a in annotations if not a.get("iscrowd", 0)]
+    for ann in sorted(things, key=lambda a: (-float(a.get("area", 0.0)), a.get("id", 0))):
+        mask[decode_segmentation(ann["segmentation"], height, width)] = ann["label"]
+    labelled = mask > 0
+    for ann in annotations:
+        if ann.get("iscrowd", 0):
+            crowd |= decode_segmentation(ann["segmentation"], height, width)
+    mask[crowd & ~labelled] = ignore_index
+    return mask
+
+
+class COCODataset(SegDataset):
+    """COCO instances -> semantic segmentation.
+
+    Args:
+        root: the folder with ``annotations/`` and the image folders.
+        split: e.g. ``train2017``, ``val2017`` (fills ``{split}`` in the two paths below).
+        annotation_file: path under ``root`` of the instances JSON.
+        image_dir: path under ``root`` of the split's images.
+        categories: null for all categories, ``voc`` for the 20 VOC ones, or a list of names.
+        cache_dir: where converted masks are cached (default ``root/segexp-masks``).
+        skip_empty: drop images with no instance of the chosen categories (as torchvision does).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        transform: Any = None,
+        annotation_file: str = "annotations/instances_{split}.json",
+        image_dir: str = "{split}",
+        categories: Any = None,
+        cache_dir: str | None = None,
+        skip_empty: bool = True,
+        ignore_index: int = 255,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(split, transform, strict)
+        self.root = Path(root)
+        self.ignore_index = ignore_index
+        json_path = self.root / annotation_file.format(split=split)
+        if not json_path.is_file():
+            raise DataError(
+                f"data.root={self.root}: no annotation file {json_path}. COCO needs "
+                "root/annotations/instances_<split>.json and root/<split>/*.jpg; check data.root "
+                "and the split names (data.train_split / data.val_split, e.g. train2017, val2017)."
+            )
+        try:
+            coco = json.loads(json_path.read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(f"{json_path}: cannot read the annotation JSON ({error}).") from error
+
+        by_name = {c["name"]: c["id"] for c in coco["categories"]}
+        if categories is None:
+            chosen = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+        else:
+            chosen = list(VOC_CATEGORIES) if categories == "voc" else list(categories)
+            unknown = [name for name in chosen if name not in by_name]
+            if unknown:
+                raise DataError(
+                    f"data.dataset.categories: {unknown} not in {json_path} "
+                    f"(valid: {sorted(by_name)}, or 'voc', or null for all)."
+                )
+        self.class_names = ["background", *chosen]
+        label_of = {by_name[name]: label for label, name in enumerate(chosen, start=1)}
+
+        stat = json_path.stat()
+        key = json.dumps(
+            [str(json_path.resolve()), stat.st_size, stat.st_mtime_ns, sorted(label_of.items()),
+             ignore_index, CONVERSION_VERSION]
+        )  # fmt: skip
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        self.cache_dir = Path(cache_dir or self.root / "segexp-masks") / f"{split}-{digest}"
+
+        annotations: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            if ann["category_id"] in label_of:
+                annotations.setdefault(ann["image_id"], []).append(
+                    {
+                        "segmentation": ann["segmentation"],
+                        "label": label_of[ann["category_id"]],
+                        "iscrowd": ann.get("iscrowd", 0),
+                        "area": ann.get("area", 0.0),
+                        "id": ann.get("id", 0),
+                    }
+                )
+        images_dir = self.root / image_dir.format(split=split)
+        self.image_info: list[tuple[int, int, list[dict]]] = []
+        for info in sorted(coco["images"], key=lambda i: i["id"]):
+            anns = annotations.get(info["id"], [])
+            if skip_empty and not any(not a["iscrowd"] for a in anns):
+                continue
+            image_path = images_dir / info["file_name"]
+            if not image_path.is_file():
+                self.report(
+                    f"{image_path}: listed in {json_path} but missing; restore it or remove its entry."
+                )
+                continue
+            self.samples.append(
+                (image_path, self.cache_dir / f"{Path(info['file_name']).stem}.png")
+            )
+            self.image_info.append((int(info["height"]), int(info["width"]), anns))
+
+    def load_mask(self, index: int) -> np.ndarray:
+        cache_path = Path(self.samples[index][1])
+        if cache_path.is_file():
+            try:
+                return read_mask(cache_path)
+            except DataError:
+                pass  # a damaged cache entry is rebuilt below
+        height, width, anns = self.image_info[index]
+        mask = semantic_mask(height, width, anns, self.ignore_index)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: concurrent loader workers never read a half-written PNG.
+        handle, tmp = tempfile.mkstemp(suffix=".png", dir=cache_path.parent)
+        os.close(handle)
+        Image.fromarray(mask).save(tmp, format="PNG")
+        os.replace(tmp, cache_path)
+        return mask

@@ -1,0 +1,53 @@
+"""The plain folder layout (DESIGN.md): images/{split}/*, masks/{split}/<name>.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segexp.data.datasets.base import DataError, SegDataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_class_names(root: Path) -> list[str] | None:
+    """Class names from ``root/classes.txt`` (one a line), or None when there is none."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+class FolderDataset(SegDataset):
+    """Any dataset in the layout ``root/images/<split>/<name>.(png|jpg)`` +
+    ``root/masks/<split>/<name>.png`` (+ optional ``root/classes.txt``)."""
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        transform: Any = None,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        strict: bool = True,
+    ) -> None:
+        super().__init__(split, transform, strict)
+        self.root = Path(root)
+        images = self.root / image_dir / split
+        masks = self.root / mask_dir / split
+        if not images.is_dir():
+            raise DataError(
+                f"data.root={self.root}: no folder {images}. The folder layout is "
+                f"root/{image_dir}/<split>/<name>.png|jpg with root/{mask_dir}/<split>/<name>.png; "
+                "check data.root or create the split."
+            )
+        for image_path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            mask_path = masks / f"{image_path.stem}.png"
+            if not mask_path.is_file():
+                self.report(
+                    f"{image_path}: no mask {mask_path}. Every image needs a mask PNG "
+                    "with the same name; add it or remove the image."
+                )
+                continue
+            self.samples.append((image_path, mask_path))
+        self.class_names = read_class_names(self.root)

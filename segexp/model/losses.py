@@ -1,0 +1,214 @@
+"""Losses from config: cross-entropy, Dice, focal, Lovasz-softmax, Tversky, and weighted sums.
+
+Every loss takes logits (B, C, H, W) and integer targets (B, H, W), ignores
+pixels equal to ``ignore_index``, and returns a zero (still attached to the
+graph) when a batch has no labelled pixel at all, rather than NaN.
+
+``smp.losses`` is used where it is right for multiclass segmentation with an
+ignore label: its Lovasz loss (Berman's reference code) drops ignored pixels
+before sorting. Its FocalLoss is a per-class sigmoid (one-vs-rest) loss, not
+the softmax focal loss, and its Dice/Tversky average over all classes with
+absent ones counted as zero (the value shrinks with the number of absent
+classes), so those are written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from segexp.errors import UserError
+
+
+def _class_weights(weight: Sequence[float] | None) -> torch.Tensor | None:
+    return torch.as_tensor(list(weight), dtype=torch.float32) if weight is not None else None
+
+
+def _check_weight(weight: torch.Tensor | None, num_classes: int, key: str) -> None:
+    if weight is not None and weight.numel() != num_classes:
+        raise UserError(
+            f"{key} has {weight.numel()} entries but the model predicts {num_classes} classes; "
+            f"give one weight per class (a list of {num_classes} floats) or null."
+        )
+
+
+def _soft_counts(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft true positives, predicted and target totals per class over labelled pixels: (C,) each.
+
+    The true positives are the probability of each pixel's own class, summed per class
+    (gather + index_add), not a (B, C, H, W) one-hot product: the same numbers and
+    gradients at a quarter of the cost (1.0 vs 3.7 ms for 4 x 6 x 64 x 64 here).
+    """
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(dim=1)  # (B, C, H, W)
+    valid = target != ignore_index  # (B, H, W)
+    labels = torch.where(valid, target, 0).long()
+    pred_total = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
+    own = probs.gather(1, labels.unsqueeze(1)).squeeze(1) * valid  # p(true class) per pixel
+    flat = labels.reshape(-1)
+    true_pos = probs.new_zeros(num_classes).index_add(0, flat, own.reshape(-1))
+    target_total = torch.bincount(flat[valid.reshape(-1)], minlength=num_classes)
+    return true_pos, pred_total, target_total[:num_classes].to(probs.dtype)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` with class weights as a plain list (from YAML).
+
+    With weights, the mean is ``sum(w[y] * loss) / sum(w[y])`` over labelled
+    pixels (torch's definition); label smoothing spreads ``label_smoothing``
+    of the target mass uniformly over the classes.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        weight: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            weight=_class_weights(weight),
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_weight(self.weight, logits.shape[1], "loss.weight")
+        if not (target != self.ignore_index).any():
+            return logits.sum() * 0.0  # torch would return 0/0 = NaN
+        return super().forward(logits.float(), target)
+
+
+class DiceLoss(nn.Module):
+    """Multiclass soft Dice loss, 1 - mean over classes of (2|P∩T| + s) / (|P| + |T| + s).
+
+    Sums run over the whole batch and ignored pixels contribute nothing. Classes
+    absent from the target are left out of the mean (their Dice is undefined and
+    would only push their probabilities to zero).
+    """
+
+    def __init__(self, ignore_index: int = 255, smooth: float = 1.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.smooth = smooth
+        self.eps = eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        intersection, pred_total, target_total = _soft_counts(logits, target, self.ignore_index)
+        cardinality = pred_total + target_total
+        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
+        present = target_total > 0
+        if not present.any():
+            return logits.sum() * 0.0
+        return 1.0 - dice[present].mean()
+
+
+class TverskyLoss(nn.Module):
+    """Tversky loss (Salehi et al. 2017), optionally focal (Abraham & Khan 2019).
+
+    Per class, TI = (TP + s) / (TP + alpha * FP + beta * FN + s) with soft counts
+    over labelled pixels; the loss is ``mean over present classes of (1 - TI) ** gamma``.
+    ``beta > alpha`` penalises missed pixels more than false alarms (recall-leaning);
+    alpha = beta = 0.5 and gamma = 1 is Dice.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 1.0,
+        smooth: float = 1.0,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.smooth = smooth
+        self.eps = eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        true_pos, pred_total, target_total = _soft_counts(logits, target, self.ignore_index)
+        false_pos = pred_total - true_pos
+        false_neg = target_total - true_pos
+        denominator = true_pos + self.alpha * false_pos + self.beta * false_neg + self.smooth
+        tversky = (true_pos + self.smooth) / denominator.clamp_min(self.eps)
+        present = target_total > 0
+        if not present.any():
+            return logits.sum() * 0.0
+        return ((1.0 - tversky[present]).clamp_min(0) ** self.gamma).mean()
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017): mean over labelled pixels of -a[y] (1 - p_y)^gamma log p_y.
+
+    ``gamma`` = 0 with no ``weight`` is plain cross-entropy. ``weight`` (the
+    paper's alpha, one per class) scales each pixel's term by its class weight;
+    the mean still divides by the number of labelled pixels.
+    """
+
+    def __init__(
+        self, ignore_index: int = 255, gamma: float = 2.0, weight: Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.gamma = gamma
+        self.register_buffer("weight", _class_weights(weight), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_weight(self.weight, logits.shape[1], "loss.weight")
+        valid = target != self.ignore_index  # (B, H, W)
+        if not valid.any():
+            return logits.sum() * 0.0
+        safe_target = torch.where(valid, target, 0).unsqueeze(1)  # (B, 1, H, W)
+        log_prob = logits.float().log_softmax(dim=1).gather(1, safe_target).squeeze(1)  # (B, H, W)
+        loss = -((1.0 - log_prob.exp()) ** self.gamma) * log_prob
+        if self.weight is not None:
+            loss = loss * self.weight[safe_target.squeeze(1)]
+        return loss[valid].mean()
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-softmax (Berman et al. 2018): a convex surrogate of 1 - IoU, averaged over present classes.
+
+    Wraps ``smp.losses.LovaszLoss`` (multiclass, ignored pixels dropped before
+    the sort). ``per_image`` averages the loss per image instead of over the batch.
+    """
+
+    def __init__(self, ignore_index: int = 255, per_image: bool = False) -> None:
+        super().__init__()
+        from segmentation_models_pytorch.losses import LovaszLoss
+
+        self.ignore_index = ignore_index
+        self.lovasz = LovaszLoss(mode="multiclass", per_image=per_image, ignore_index=ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore_index).any():
+            return logits.sum() * 0.0  # smp returns an empty tensor here
+        return self.lovasz(logits.float(), target)
+
+
+class WeightedSum(nn.Module):
+    """Weighted sum of named losses, e.g. ``{ce: CrossEntropyLoss, dice: DiceLoss}``."""
+
+    def __init__(
+        self, losses: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None
+    ) -> None:
+        super().__init__()
+        self.losses = nn.ModuleDict(dict(losses))
+        weights = dict(weights or {})
+        unknown = set(weights) - set(self.losses)
+        if unknown:
+            raise UserError(
+                f"loss.weights names {sorted(unknown)} but loss.losses has {sorted(self.losses)}; "
+                "name each weight after one of the losses."
+            )
+        self.weights = {name: float(weights.get(name, 1.0)) for name in self.losses}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(self.weights[name] * loss(logits, target) for name, loss in self.losses.items())

@@ -1,0 +1,129 @@
+"""The one error policy of every entry point: a user error is one message and exit 2.
+
+``exit_codes()`` wraps the body of train.py, evaluate.py, predict.py and the
+``python -m segexp.*`` tools:
+
+- a ``UserError`` (bad config value, dataset problem at any sample, bad checkpoint,
+  reproduce/resume request), also when it comes out of a DataLoader worker or through
+  ``hydra.utils.instantiate``, prints ``error: <message>`` and exits 2;
+- a mandatory config value left unset (``???``) or an interpolation that does not
+  resolve (omegaconf) is a user error too: its key is named;
+- our signal handling (``Interrupted``) exits 128 + signal number; Lightning's own
+  SIGTERM exit (a ``SystemExit`` with code 0) becomes 143, so schedulers see the stop;
+- a non-finite training loss exits 1 with its message;
+- anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from segexp.errors import UserError
+from segexp.run.signals import Interrupted, NonFiniteLossError
+
+USER_ERROR_EXIT = 2
+T = TypeVar("T")
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _clean_message(error: BaseException) -> str:
+    """The user-facing message; a DataLoader worker's re-raised copy carries the worker's
+    traceback in its text, of which only the original message is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        marker = f"{type(error).__name__}: "
+        position = text.rfind(marker)
+        if position >= 0:
+            text = text[position + len(marker) :]
+    return text.strip()
+
+
+def _omegaconf_message(error: BaseException) -> str | None:
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        InterpolationResolutionError,
+        MissingMandatoryValue,
+        ValidationError,
+    )
+
+    key = getattr(error, "full_key", None) or ""
+    if isinstance(error, MissingMandatoryValue):
+        return (
+            f"config key {key or '(unknown)'} has no value (it is ??? in the config); "
+            f"set it on the command line, e.g. {key or 'KEY'}=VALUE"
+        )
+    if isinstance(error, InterpolationResolutionError):
+        return f"config key {key}: {error.msg if hasattr(error, 'msg') else error}"
+    if isinstance(error, ConfigAttributeError | ConfigKeyError):
+        return f"config: {getattr(error, 'msg', error)} (check the key's spelling, or add it with +KEY=VALUE)"
+    if isinstance(error, ValidationError):
+        return f"config key {key}: {getattr(error, 'msg', error)}"
+    return None
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message to print for a user error, or None when ``error`` is a bug."""
+    for link in _chain(error):
+        if isinstance(link, UserError):
+            return _clean_message(link)
+    if "omegaconf" in sys.modules:
+        for link in _chain(error):
+            message = _omegaconf_message(link)
+            if message is not None:
+                return message
+    return None
+
+
+def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except SystemExit as error:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(error, SIGTERMException):
+            print("segexp: stopped by SIGTERM", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGTERM) from error
+        raise
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from error
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT) from None
+
+
+def guarded(function: Callable[..., T]) -> Callable[..., T]:
+    """Decorate an entry point's main function with ``exit_codes()``."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with exit_codes():
+            return function(*args, **kwargs)
+
+    return wrapper

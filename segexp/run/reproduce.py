@@ -1,0 +1,214 @@
+"""Re-run an experiment from its run folder, or resume a killed one.
+
+    python train.py reproduce=<run folder> [key=value ...]   # a NEW run from the saved config
+    python train.py resume=<run folder>                      # the SAME run, from last.ckpt
+
+Both work by rewriting the command line before Hydra composes (``rewrite_argv``,
+called from train.py's ``__main__``): Hydra then composes the run folder's saved
+``.hydra/config.yaml`` (``--config-path <run>/.hydra --config-name config``), the
+documented Hydra way, so the new run's own ``.hydra/config.yaml`` is exactly what
+ran. ``reproduce`` lets Hydra pick a new output folder (the old one is never
+touched); ``resume`` points ``hydra.run.dir`` at the old folder with
+``hydra.output_subdir=null`` so the saved config is not rewritten.
+``prepare_config`` then (inside the Hydra job) points ``ckpt_path`` at
+``last.ckpt`` and gives W&B the run's id so the resumed run continues it.
+
+This module imports no torch at import time: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from segexp.errors import UserError
+from segexp.run.wandb_id import choose_wandb_id, new_wandb_id, read_wandb_id
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+# Overrides that change how a resumed run executes, never what it computes.
+RESUME_SAFE_KEYS = ("data.num_workers", "data.pin_memory", "trainer.enable_progress_bar")
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+class ReproduceError(UserError):
+    """A reproduce=/resume= request that cannot be honoured; the message says why and what to do."""
+
+
+def _split_override(arg: str) -> tuple[str, str]:
+    key, _, value = arg.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and "=" in arg
+
+
+def _quote(value: str) -> str:
+    # Hydra's override grammar: quoted, a path may hold characters like ',' or '='.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def saved_config(run_dir: str | os.PathLike) -> Path:
+    """``<run_dir>/.hydra/config.yaml``, or a ReproduceError that says what is wrong."""
+    run_dir = Path(run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise ReproduceError(
+            f"{run_dir} is not a folder; pass a run folder (outputs/<date>/<time>)."
+        )
+    if not config.is_file():
+        hint = ""
+        if run_dir.name in (".hydra", "checkpoints"):
+            hint = f" (did you mean its parent, {run_dir.parent}?)"
+        raise ReproduceError(
+            f"{run_dir} has no .hydra/config.yaml, so it is not a train.py run folder{hint}. "
+            "A run folder holds .hydra/, checkpoints/ and metrics.json."
+        )
+    return config
+
+
+def rewrite_argv(argv: Sequence[str], conf_dir: Path = CONF) -> list[str]:
+    """Turn ``reproduce=<run>`` / ``resume=<run>`` into the Hydra arguments that do it.
+
+    Any other command line is returned unchanged. Raises ReproduceError for an
+    unusable request: a folder without a saved config, both keys at once, a
+    config-group override (the saved config holds values, not group choices), or
+    any override on resume except ``hydra.*`` and ``RESUME_SAFE_KEYS``.
+    """
+    argv = list(argv)
+    requests = [(i, *_split_override(a)) for i, a in enumerate(argv[1:], 1) if _is_override(a)]
+    modes = [(i, key, value) for i, key, value in requests if key in ("reproduce", "resume")]
+    if not modes:
+        return argv
+    if len(modes) > 1:
+        raise ReproduceError(
+            "pass either reproduce=<run folder> (a new run with its config) or resume=<run folder> "
+            "(continue it), not both or twice"
+        )
+    index, mode, value = modes[0]
+    if value in ("", "null", "None"):
+        return [a for i, a in enumerate(argv) if i != index]
+    run_dir = Path(value.strip("'\"")).expanduser().resolve()
+    hydra_dir = saved_config(run_dir).parent
+
+    flags = [a for a in argv[1:] if a.startswith("-")]
+    if mode == "resume" and ("-m" in flags or "--multirun" in flags):
+        raise ReproduceError(
+            f"resume={run_dir} continues one run in its own folder; it cannot be part of a "
+            "multirun (-m). Resume each run folder with its own command."
+        )
+    config_path = next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-path", "-cp")), None
+    ) or next((a.split("=", 1)[1] for a in flags if a.startswith("--config-path=")), None)
+    if config_path is not None:
+        if Path(config_path).resolve() == hydra_dir:
+            return argv  # already rewritten: a DDP child re-launched with our command line
+        raise ReproduceError(
+            f"{mode}={run_dir} composes that run's saved config; drop --config-path={config_path}"
+        )
+
+    others = [(key, argv[i]) for i, key, _ in requests if i != index]
+    groups = sorted({key for key, _ in others if (conf_dir / key).is_dir()})
+    if groups:
+        raise ReproduceError(
+            f"{mode}={run_dir} runs that folder's saved config, which holds values, not config-group "
+            f"choices; cannot apply {', '.join(f'{g}=...' for g in groups)}. Override values instead "
+            f"(e.g. {groups[0]}.<key>=<value>), or start a new experiment without {mode}=."
+        )
+    if mode == "resume":
+        refused = [
+            arg
+            for key, arg in others
+            if not key.startswith(("hydra.", "hydra/")) and key not in RESUME_SAFE_KEYS
+        ]
+        if refused:
+            raise ReproduceError(
+                f"resume={run_dir} continues that run with its saved config; these overrides would "
+                f"change it: {' '.join(refused)}. Resume without them, or start a new run: "
+                f"python train.py reproduce={run_dir} {' '.join(refused)} (a new folder, fresh "
+                f"weights), or ckpt_path={run_dir}/checkpoints/last.ckpt <overrides> to start from "
+                f"its weights. Allowed on resume: {', '.join(RESUME_SAFE_KEYS)}, hydra.*"
+            )
+
+    skip_values = {i + 1 for i, a in enumerate(argv) if a in _VALUE_FLAGS}
+    rest = [a for i, a in enumerate(argv[1:], 1) if i != index and i not in skip_values]
+    new = [argv[0], "--config-path", str(hydra_dir), "--config-name", "config", *rest]
+    # Config groups such as hydra/launcher still come from the project's conf/.
+    new.append(f"hydra.searchpath=[{_quote('file://' + str(conf_dir))}]")
+    new.append(f"++{mode}={_quote(str(run_dir))}")
+    if mode == "resume":
+        new += [f"hydra.run.dir={_quote(str(run_dir))}", "hydra.output_subdir=null"]
+    return new
+
+
+def _wandb_entry(cfg: Any) -> Any | None:
+    for entry in (cfg.get("logger") or {}).values():
+        if entry and "wandb" in str(entry.get("_target_", "")).lower():
+            return entry
+    return None
+
+
+def prepare_config(cfg: Any) -> Any:
+    """Fill in what a reproduce/resume run needs; a no-op config change for other runs.
+
+    - resume: ``ckpt_path`` = ``<run>/checkpoints/last.ckpt`` (must exist) and the
+      W&B logger continues the run's W&B id;
+    - reproduce: the W&B logger starts a new W&B run;
+    - every run with a W&B logger gets its id fixed up front and written to
+      ``<run folder>/wandb_id.txt``, so a later resume finds it.
+    """
+    from omegaconf import open_dict
+
+    wandb = _wandb_entry(cfg)
+    with open_dict(cfg):
+        if cfg.get("resume"):
+            run_dir = Path(cfg.resume)
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise ReproduceError(
+                    f"resume={run_dir}: there is no {last}; the run stopped before its first "
+                    f"checkpoint. Start it again with: python train.py reproduce={run_dir}"
+                )
+            if (run_dir / "metrics.json").is_file():  # written only when a run completes
+                raise ReproduceError(
+                    f"resume={run_dir}: the run already finished (it has metrics.json); nothing "
+                    f"to resume. To train it longer, start from its weights: python train.py "
+                    f"ckpt_path={last} trainer.max_epochs=<more>; to re-run it: reproduce={run_dir}"
+                )
+            cfg.ckpt_path = str(last)
+            if wandb is not None:
+                run_id = read_wandb_id(run_dir)
+                if run_id:
+                    wandb.id = run_id
+                    wandb.resume = "allow"
+        elif wandb is not None and cfg.get("reproduce"):
+            wandb.id = new_wandb_id()  # a reproduction is a new W&B run, even if the original fixed one
+        if wandb is not None:
+            # Fixed before the logger exists, so every rank and a later resume agree on it.
+            wandb.id = choose_wandb_id(cfg.paths.output_dir, wandb.get("id"))
+            name_wandb_run(wandb)
+    return cfg
+
+
+def name_wandb_run(wandb: Any) -> None:
+    """Fill the W&B logger's ``name`` (the job's overrides) and ``group`` (the sweep folder).
+
+    Done here, before the DDP launcher rewrites ``sys.argv`` for its children, because
+    the name leaves out the keys the command line fixes for every job of a sweep.
+    """
+    import os
+
+    from segexp.run.job import hydra_context, run_name, sweep_group
+
+    context = hydra_context() or {}
+    if wandb.get("name") is None:
+        wandb.name = run_name(
+            context.get("overrides", []), context.get("job_num"), context.get("fixed_keys", ())
+        )
+    if wandb.get("group") is None and not os.environ.get("WANDB_SWEEP_ID"):
+        wandb.group = sweep_group(context.get("sweep_dir"))
+
+
+__all__ = ["ReproduceError", "prepare_config", "rewrite_argv"]

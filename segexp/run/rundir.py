@@ -1,0 +1,124 @@
+"""What every run folder holds besides Hydra's config: metadata and final metrics.
+
+Files are written atomically (temporary file + rename), so a crash never leaves
+a half-written ``metrics.json`` for later tools to choke on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from segexp.model.metrics import finite_or_none
+
+PACKAGES = (
+    "segexp",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "segmentation-models-pytorch",
+    "timm",
+    "torchmetrics",
+    "albumentations",
+    "wandb",
+    "numpy",
+)
+
+
+# The process umask, read once at import (reading it means setting it, which is not
+# thread-safe later on).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode any other file gets (0666 - umask),
+        # so teammates who can read the run folder can read its metrics too.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON atomically; NaN becomes null (JSON has no NaN)."""
+    if isinstance(data, dict):
+        data = {key: finite_or_none(value) for key, value in data.items()}
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The commit of the code that ran and whether the tree had uncommitted changes."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_metadata() -> dict[str, Any]:
+    """Git commit, package versions, command line, host: what it takes to re-run this."""
+    return {
+        "git": git_state(),
+        "packages": package_versions(),
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_metadata(run_dir: str | os.PathLike) -> Path:
+    """Write ``run_info.json``; a resumed run keeps how it started and appends each restart."""
+    path = Path(run_dir) / "run_info.json"
+    info = run_metadata()
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict):
+            previous.setdefault("resumes", []).append(info)
+            info = previous
+    return write_json(path, info)

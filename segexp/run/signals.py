@@ -1,0 +1,254 @@
+"""Surviving faults: kill signals and non-finite losses end a run cleanly and resumably.
+
+- ``SignalCheckpoint``: SIGTERM / SIGINT / SIGUSR1 (SLURM preemption, Ctrl+C, a
+  scheduler's warning signal) finish the current batch, save
+  ``checkpoints/last.ckpt`` and exit with ``128 + signal number`` (143 for SIGTERM),
+  so SLURM and CI see a failure and ``python train.py resume=<run folder>`` continues.
+  Lightning on its own exits 0 after SIGTERM.
+- ``FiniteLoss``: a NaN or infinite training loss stops the run before the
+  backward pass (so no update and no checkpoint carries it) with an error that
+  names the step and what to try; the last good ``last.ckpt`` stays.
+- ``ExactResume``: checkpoints carry the RNG states and the position in the
+  epoch's data, so a resumed run continues the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+class Interrupted(SystemExit):
+    """The run stopped on a signal after saving a checkpoint; exit code 128 + signum."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class SignalCheckpoint(pl.Callback):
+    """Turn a kill signal into: finish the batch, save ``last.ckpt``, exit non-zero.
+
+    A signal during an epoch's training batches takes effect after the current
+    batch (a mid-epoch checkpoint; ``ExactResume`` lets the resume continue the
+    epoch's data where it stopped); one that arrives during the last batch or
+    during validation takes effect at the end of the epoch, after validation.
+    A second Ctrl+C interrupts at once (Lightning's KeyboardInterrupt handling, exit 1).
+
+    Args:
+        dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/`` folder).
+        signals: names of the signals to handle.
+    """
+
+    def __init__(self, dirpath: str, signals: Sequence[str] = SIGNALS) -> None:
+        self.dirpath = Path(dirpath)
+        self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # pressed twice: stop now
+        self.received = signum
+        print(
+            f"\nsegexp: received {signal.Signals(signum).name}; saving a checkpoint after this batch...",
+            file=sys.stderr,
+            flush=True,
+        )
+        previous = self._previous.get(signum)
+        # Keep a handler someone else registered for SIGUSR1 (Lightning's SLURM requeue).
+        if signum == signal.SIGUSR1 and callable(previous):
+            previous(signum, frame)
+
+    # Installed at train start: after Lightning registers its own SIGTERM handler
+    # (which would otherwise stop the run mid-validation and exit 0).
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.received = None
+        if not _in_main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _restore(self) -> None:
+        if _in_main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _pending(self, trainer: pl.Trainer) -> bool:
+        # Under DDP only rank 0 may have been signalled (local launcher); all ranks must agree.
+        received = self.received is not None
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        return received
+
+    def _stop(self, trainer: pl.Trainer, where: str) -> None:
+        signum = self.received if self.received is not None else signal.SIGTERM
+        callback = trainer.checkpoint_callback
+        path = str(self.ckpt_path)
+        if (
+            isinstance(callback, pl.callbacks.ModelCheckpoint)
+            and callback.dirpath
+            and callback.save_last
+        ):
+            # Save as ModelCheckpoint's own last.ckpt and record it in the checkpoint, so
+            # after resume it overwrites this file instead of starting last-v1.ckpt beside it.
+            path = os.path.join(
+                callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+            )
+            callback.last_model_path = path
+        trainer.save_checkpoint(path)
+        run_dir = self.dirpath.parent
+        message = (
+            f"segexp: stopped by {signal.Signals(signum).name} {where} (epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}); saved {path}. "
+            f"Continue with: python train.py resume={run_dir}"
+        )
+        if trainer.is_global_zero:
+            print(message, file=sys.stderr, flush=True)
+        self._restore()
+        raise Interrupted(signum, message)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        batch_idx = args[-1] if args else 0
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if not last_batch and self._pending(trainer):
+            self._stop(trainer, "mid-epoch")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending(trainer):
+            self._stop(trainer, "at the end of an epoch")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal after the last epoch's check: training is complete and last.ckpt saved,
+        # but the run was asked to stop, so it must not report success.
+        if self.received is not None:
+            signum = self.received
+            raise Interrupted(
+                signum, f"segexp: stopped by {signal.Signals(signum).name} after training"
+            )
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+
+class FiniteLoss(pl.Callback):
+    """Stop with an actionable error when the training loss is NaN or infinite.
+
+    The check runs before the backward pass, so the weights (and every checkpoint)
+    stay those of the last finite step.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = Path(dirpath) if dirpath else None
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if torch.isfinite(loss).all():
+            return
+        value = float(loss.detach().float().mean().item())
+        last = self.dirpath / "last.ckpt" if self.dirpath else None
+        if last is not None and last.is_file():
+            kept = f"The last good checkpoint is {last} (saved before this step; nothing after it was saved)."
+        else:
+            kept = "No checkpoint was saved yet."
+        lr = _current_lr(trainer)
+        raise NonFiniteLossError(
+            f"train/loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {trainer.fit_loop.epoch_loop.batch_idx}). {kept} "
+            f"Try: a lower learning rate (optimizer.lr{'=' + format(lr, 'g') if lr is not None else ''}, "
+            f"e.g. 10x lower), a warmup (scheduler.warmup_steps=...), gradient clipping "
+            f"(trainer.gradient_clip_val=1.0), precision=32-true if you use 16-mixed, and check the data "
+            f"(mask labels vs data.num_classes/ignore_index, images that are constant or corrupt)."
+        )
+
+
+class ExactResume(pl.Callback):
+    """Checkpoint what a resume needs to continue the run bit for bit.
+
+    The global RNG states (torch, CUDA, numpy, random), for dropout and other random
+    layers. The position in the epoch's data order is the DataModule's own checkpoint
+    state (``SegDataModule.state_dict``); data order and augmentation are otherwise
+    seeded per epoch (``segexp.data.datamodule.SeededSampler``).
+    Stored as tensors and plain lists, so the checkpoint loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                name,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(cached),
+            ],
+            "python": _tuple_to_list(random.getstate()),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(_list_to_tuple(state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuple_to_list(value: Any) -> Any:
+    return [_tuple_to_list(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(_list_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _current_lr(trainer: pl.Trainer) -> float | None:
+    try:
+        return float(trainer.optimizers[0].param_groups[0]["lr"])
+    except (IndexError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
