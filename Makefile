@@ -32,9 +32,10 @@ test: ## run the whole test suite (what CI runs)
 test-fast: ## the tests not marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: ## ruff lint + format check
+lint: ## ruff lint + format check + the package's layer contract (import-linter)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 fmt: ## format and fix what ruff can
 	$(PY) -m ruff format .

@@ -74,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
 
     postprocess = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
-    model.inference = instantiate(cfg.inference, postprocess=postprocess)
+    model.set_inference(instantiate(cfg.inference, postprocess=postprocess))
 
     write_metadata(run_dir)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[])

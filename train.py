@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -25,8 +25,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from segexp.data.class_weights import fill_auto_weights
-    from segexp.model.module import SegModule
+    from segexp.model.module import build_module
     from segexp.run.checkpoint import check_compatible
     from segexp.run.ranks import is_global_zero
     from segexp.run.rundir import write_json, write_metadata
@@ -40,22 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
-    # loss.weight=auto: class weights from the train split's label frequencies (cached).
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss = fill_auto_weights(loss, datamodule, Path(cfg.paths.data_dir) / "class_weights")
-    model = SegModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=loss,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        num_classes=cfg.data.num_classes,
-        ignore_index=cfg.data.ignore_index,
-        class_names=datamodule.class_names,
-        mean=list(cfg.augment.mean),
-        std=list(cfg.augment.std),
-        channels_last=bool(cfg.get("channels_last", False)),
-    )
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model = build_module(cfg, datamodule)  # loss.weight=auto: weights from the train split
 
     loggers = [instantiate(entry) for entry in (cfg.logger or {}).values() if entry]
     callbacks = [

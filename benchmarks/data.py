@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import time
 
-from benchmarks.harness import Figure, Settings, build_module, first_batches, prepared_datamodule
+from benchmarks.harness import Figure, Settings, first_batches, prepared_datamodule
+from segexp.model.module import build_module
 
 TARGET = ">= 2"
 
@@ -77,7 +78,7 @@ def run(settings: Settings) -> list[Figure]:
         inline = copy.copy(datamodule)
         inline.num_workers = 0
         batches = first_batches(inline.train_dataloader(), steps)
-        module = build_module(cfg, datamodule.class_names)
+        module = build_module(cfg, datamodule)
         step_s = bare_loop(module, batches, instantiate(cfg.optimizer), None, warmup=1)
         source = f"{steps}-step bare loop"
     consumed = batch_size / step_s

@@ -84,25 +84,6 @@ class Settings:
         return cfg
 
 
-def build_module(cfg, class_names: list[str]):
-    """The SegModule exactly as train.py builds it from a composed config."""
-    from omegaconf import OmegaConf
-
-    from segexp.model.module import SegModule
-
-    return SegModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        num_classes=cfg.data.num_classes,
-        ignore_index=cfg.data.ignore_index,
-        class_names=class_names,
-        mean=list(cfg.augment.mean),
-        std=list(cfg.augment.std),
-    )
-
-
 def prepared_datamodule(cfg, stage: str = "fit"):
     """The configured SegDataModule with its data generated (cached) and set up."""
     from hydra.utils import instantiate

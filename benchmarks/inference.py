@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from benchmarks.harness import REPO, Figure, Settings, best, build_module, interleaved, python
+from benchmarks.harness import REPO, Figure, Settings, best, interleaved, python
+from segexp.model.module import build_module
 
 
 def engines(train_size: int) -> dict[str, object]:
@@ -76,7 +77,7 @@ def rss_probe(overrides: list[str], size: int, window: int) -> None:
 
     settings = Settings(quick=False)
     cfg = settings.compose(overrides)
-    net = build_module(cfg, list(cfg.data.class_names)).eval()
+    net = build_module(cfg).eval()
     images = torch.randn(1, 3, size, size)
     with torch.inference_mode():
         for name in ("slide", "tta"):
@@ -87,7 +88,7 @@ def run(settings: Settings) -> list[Figure]:
     cfg = settings.compose()
     train_size = int(cfg.data.generate.image_size)
     size, batch, repeats = (train_size * 2, 2, 1) if settings.quick else (train_size * 2, 4, 3)
-    net = build_module(cfg, list(cfg.data.class_names)).eval()
+    net = build_module(cfg).eval()
     images = torch.randn(batch, 3, size, size)
     engine = engines(train_size)
     figures = [

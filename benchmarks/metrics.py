@@ -15,12 +15,12 @@ from benchmarks.harness import (
     Figure,
     Settings,
     best,
-    build_module,
     first_batches,
     interleaved,
     prepared_datamodule,
     silenced,
 )
+from segexp.model.module import build_module
 
 TARGET = "<= 1.03"
 
@@ -47,8 +47,8 @@ def run(settings: Settings) -> list[Figure]:
     datamodule = prepared_datamodule(cfg)
     loader = datamodule.val_dataloader()
     batches = first_batches(loader, len(loader))
-    full = build_module(cfg, datamodule.class_names)
-    bare = forward_only(build_module(cfg, datamodule.class_names))
+    full = build_module(cfg, datamodule)
+    bare = forward_only(build_module(cfg, datamodule))
     bare.load_state_dict(full.state_dict())
     repeats = 1 if settings.quick else 3
 

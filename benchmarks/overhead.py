@@ -21,12 +21,12 @@ from benchmarks.harness import (
     Figure,
     Settings,
     best,
-    build_module,
     first_batches,
     interleaved,
     prepared_datamodule,
     silenced,
 )
+from segexp.model.module import build_module
 
 TARGET = "<= 1.05"
 
@@ -92,7 +92,7 @@ def run(settings: Settings) -> list[Figure]:
     cfg = settings.compose(["data.num_workers=0"])
     datamodule = prepared_datamodule(cfg)
     batches = first_batches(datamodule.train_dataloader(), steps)
-    template = build_module(cfg, datamodule.class_names)
+    template = build_module(cfg, datamodule)
     optimizer_factory = instantiate(cfg.optimizer)
     scheduler_factory = instantiate(cfg.scheduler) if cfg.scheduler else None
     # Same loop length in both: one epoch of exactly `steps` batches, no validation.

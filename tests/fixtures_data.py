@@ -56,7 +56,7 @@ def image_for(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_folder(root, counts=None, num_classes: int = 3, seed: int = 0) -> dict:
-    """DESIGN.md folder layout with classes.txt."""
+    """The folder layout (images/, masks/, classes.txt)."""
     root, rng = Path(root), np.random.default_rng(seed)
     counts = counts or {"train": 6, "val": 3, "test": 3}
     expected = {}

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from segexp.model.module import SegModule
+from segexp.model.module import SegModule, build_module
 from segexp.run.checkpoint import CheckpointError, check_compatible, load_module, read_checkpoint
 from train import train
-
-
-def build_module(cfg) -> SegModule:
-    """The SegModule train.py builds for ``cfg`` (without reading data)."""
-    as_dict = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    return SegModule(
-        net=as_dict(cfg.model),
-        loss=as_dict(cfg.loss),
-        optimizer=as_dict(cfg.optimizer),
-        scheduler=as_dict(cfg.scheduler),
-        num_classes=cfg.data.num_classes,
-        ignore_index=cfg.data.ignore_index,
-        mean=list(cfg.augment.mean),
-        std=list(cfg.augment.std),
-    )
 
 
 def save(module: SegModule, path: Path, **extra) -> Path:

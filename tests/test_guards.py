@@ -12,7 +12,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from segexp.run.signals import (
@@ -22,7 +21,6 @@ from segexp.run.signals import (
     NonFiniteLossError,
     SignalCheckpoint,
 )
-from segexp.run.validate import ConfigError
 from train import train
 
 # 12 training images in batches of 4: three steps an epoch, so a signal can land mid-epoch.

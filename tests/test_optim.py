@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from segexp.model.optim import build_optimizer, cosine, onecycle, param_groups, poly
@@ -167,17 +166,10 @@ def test_schedules_refuse_an_unbounded_run():
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler_option_through_segmodule(compose_cfg, name):
     """SegModule.configure_optimizers with each scheduler/ option: groups, per-step interval."""
-    from segexp.model.module import SegModule
+    from segexp.model.module import build_module
 
     cfg = compose_cfg([f"scheduler={name}", "optimizer.encoder_lr_mult=0.5"])
-    container = OmegaConf.to_container(cfg, resolve=True)
-    module = SegModule(
-        net=container["model"],
-        loss=container["loss"],
-        optimizer=container["optimizer"],
-        scheduler=container["scheduler"],
-        num_classes=cfg.data.num_classes,
-    )
+    module = build_module(cfg)
     module._trainer = SimpleNamespace(estimated_stepping_batches=10)
     configured = module.configure_optimizers()
     lrs = {g["name"]: g["lr"] for g in configured["optimizer"].param_groups}

@@ -41,7 +41,7 @@ def _soft_counts(
 
     The true positives are the probability of each pixel's own class, summed per class
     (gather + index_add), not a (B, C, H, W) one-hot product: the same numbers and
-    gradients at a quarter of the cost (1.0 vs 3.7 ms for 4 x 6 x 64 x 64 here).
+    gradients at a fraction of the cost.
     """
     num_classes = logits.shape[1]
     probs = logits.float().softmax(dim=1)  # (B, C, H, W)

@@ -5,7 +5,7 @@ Metric: rows = target, columns = prediction, ``ignore_index`` pixels dropped; su
 over DDP processes); every figure is derived from it here, so all of them agree and
 cost one bincount per batch.
 
-Averaging (torchmetrics' macro semantics, as in DESIGN.md):
+Averaging (torchmetrics' macro semantics):
 - mIoU averages the classes present in the prediction or the target;
   a class absent from both has no IoU (NaN per class, left out of the mean).
 - mean accuracy averages per-class recall over the classes present in the target.
@@ -59,7 +59,7 @@ PER_CLASS_KEYS = ("iou", "acc", "dice")
 
 
 def flat_scores(confmat: torch.Tensor, class_names: Sequence[str], prefix: str) -> dict[str, float]:
-    """The logged names of DESIGN.md: ``<prefix>/mIoU``, ``<prefix>/iou/<class>``, ...
+    """The logged metric names: ``<prefix>/mIoU``, ``<prefix>/iou/<class>``, ...
 
     Also ``<prefix>/mean_dice``, ``<prefix>/fw_iou``, ``<prefix>/acc/<class>`` and
     ``<prefix>/dice/<class>``.
@@ -81,9 +81,9 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=1)`` for (B, C, H, W) logits, ties to the lower class as argmax does.
 
     On the CPU, torch's argmax over the channel dimension of an NCHW tensor is slow
-    (4.4 ms for 4 x 6 x 64 x 64 here, more than all other metric work together); one
-    comparison per class over contiguous planes is 5x faster. On other devices, or with
-    many classes, torch's own argmax is used.
+    (more than all other metric work together); one comparison per class over contiguous
+    planes is several times faster (BENCHMARKS.md). On other devices, or with many
+    classes, torch's own argmax is used.
     """
     if logits.device.type != "cpu" or logits.shape[1] > 32:
         return logits.argmax(dim=1)
@@ -103,9 +103,9 @@ class EvalState(Metric):
     ``update(preds, target, loss)``: predicted and target class maps (B, H, W) and the
     batch's mean loss (weighted by batch size, as Lightning averages logged values).
     Target pixels equal to ``ignore_index`` (or outside ``[0, num_classes)``) are dropped
-    in the same bincount as the rest: no boolean indexing per batch, which made
-    torchmetrics' MulticlassConfusionMatrix 20x slower here. States are sums, so DDP
-    processes combine exactly.
+    in the same bincount as the rest: no boolean indexing per batch, which makes
+    torchmetrics' MulticlassConfusionMatrix much slower on small CPU batches
+    (BENCHMARKS.md). States are sums, so DDP processes combine exactly.
     """
 
     full_state_update = False

@@ -31,8 +31,7 @@ class SegModule(pl.LightningModule):
         pad_multiple: inputs are padded to this multiple and outputs cropped back;
             None: the multiple the network needs (``segexp.model.networks.required_multiple``).
         channels_last: keep the network's weights and its inputs in channels_last memory
-            format (NHWC). Same results; on a GPU it runs convolutions 1.6-1.7x faster
-            (BENCHMARKS.md, U-Net-R34 512 px on an H100).
+            format (NHWC). Same results; faster convolutions on a GPU (BENCHMARKS.md).
     """
 
     def __init__(
@@ -63,10 +62,15 @@ class SegModule(pl.LightningModule):
             {stage: EvalState(num_classes, ignore_index=ignore_index) for stage in ("val", "test")}
         )
         self.run_config: dict | None = None  # the full run config, stored in checkpoints
-        # evaluate.py sets a segexp.infer.engine.Inference (slide / TTA / postprocess) for test_step;
-        # None: plain forward, as in training. The last computed confusion matrix per stage is kept.
+        # How test_step predicts (see set_inference); None: plain forward, as in training.
         self.inference = None
+        # The last computed confusion matrix per stage (evaluate.py writes it out).
         self.last_confmat: dict[str, torch.Tensor] = {}
+
+    def set_inference(self, inference: Any) -> None:
+        """Predict test batches with ``inference`` (a ``segexp.infer.engine.Inference``: slide
+        windows, TTA, post-processing) instead of a plain forward; None restores the forward."""
+        self.inference = inference
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes, H, W) logits."""
@@ -133,3 +137,39 @@ class SegModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("run_config")
+
+
+def build_module(cfg: Any, datamodule: Any | None = None) -> SegModule:
+    """The SegModule of a composed run config: the one builder train.py, the benchmarks and
+    the tests use, so they cannot drift apart.
+
+    With ``datamodule``, its class names are used and ``weight: auto`` in the loss config
+    becomes the train split's class weights (cached under ``<paths.data_dir>/class_weights``).
+    The full resolved config is kept in the module and stored in its checkpoints.
+    """
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from segexp.data.class_weights import fill_auto_weights
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    loss = plain(cfg.loss)
+    if datamodule is not None:
+        loss = fill_auto_weights(loss, datamodule, Path(cfg.paths.data_dir) / "class_weights")
+    module = SegModule(
+        net=plain(cfg.model),
+        loss=loss,
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")),
+        num_classes=int(cfg.data.num_classes),
+        ignore_index=int(cfg.data.ignore_index),
+        class_names=datamodule.class_names if datamodule is not None else None,
+        mean=list(cfg.augment.mean),
+        std=list(cfg.augment.std),
+        channels_last=bool(cfg.get("channels_last", False)),
+    )
+    module.run_config = plain(cfg)
+    return module

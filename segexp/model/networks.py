@@ -15,6 +15,13 @@ from torch import nn
 from segexp.errors import UserError
 
 FCN_STRIDES = {"32s": 32, "16s": 16, "8s": 8}
+# Architectures that are not in smp's registry (smp.MODEL_ARCHITECTURES_MAPPING).
+EXTRA_ARCHS = ("fcn",)
+# How many times the encoder's output stride an architecture needs its input sides to be
+# a multiple of: DPT's decoder adds one stride-2 stage above the ViT's patch grid; PAN's
+# feature pyramid attention halves the deepest map three more times. Declared per
+# architecture name at build time (``net.stride_factor``), read by ``required_multiple``.
+STRIDE_FACTORS = {"dpt": 2, "pan": 8}
 
 
 def build_model(
@@ -52,10 +59,11 @@ def build_model(
             **kwargs,
         )
         drop_unused_stages(net.encoder)
+        net.stride_factor = STRIDE_FACTORS.get(arch.lower(), 1)
         return net
     except KeyError as error:
         if "architecture" in str(error).lower():
-            archs = sorted([*smp.MODEL_ARCHITECTURES_MAPPING, "fcn"])
+            archs = sorted([*smp.MODEL_ARCHITECTURES_MAPPING, *EXTRA_ARCHS])
             raise UserError(
                 f"model.arch={arch!r} is not an architecture; valid: {', '.join(archs)}. "
                 "Pick one with model=NAME (conf/model/) or set model.arch."
@@ -80,7 +88,9 @@ def drop_unused_stages(encoder: nn.Module) -> None:
     would still fill checkpoints and the optimizer, and DDP stops on parameters that get
     no gradient. Pretrained weights are already loaded when this runs.
     """
-    if type(encoder).__name__ != "ResNetEncoder":
+    from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
+
+    if not isinstance(encoder, ResNetEncoder):
         return
     depth = int(getattr(encoder, "_depth", 5))
     for index in range(max(depth, 1), 5):  # depth d runs layer1 .. layer{d-1}
@@ -230,8 +240,7 @@ def required_multiple(net: nn.Module) -> int:
     stride = getattr(getattr(net, "encoder", None), "output_stride", None)
     if stride is None:
         return 32  # an unknown net: 32 suits every 5-stage encoder
-    extra = {"DPT": 2, "PAN": 8}.get(type(net).__name__, 1)
-    return extra * int(stride)
+    return int(getattr(net, "stride_factor", 1)) * int(stride)
 
 
 class PadToMultiple(nn.Module):

@@ -23,8 +23,8 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Lo
 
 
 def _is_norm(module: nn.Module) -> bool:
-    # timm/smp define their own norm layers (LayerNorm2d, ...); their names say so.
-    return isinstance(module, NORM_LAYERS) or "norm" in type(module).__name__.lower()
+    # timm's and smp's own norm layers (LayerNorm2d, BatchNormAct2d, ...) subclass these.
+    return isinstance(module, NORM_LAYERS)
 
 
 def param_groups(

@@ -3,8 +3,8 @@
 Hydra 1.3's help lists the config groups twice (app groups, then Hydra's own), and each
 listing asks the config loader for the options of every group (~130 with the launcher
 and sweeper plugins), building a fresh config repository each time. Those answers
-cannot change within one ``--help``, so remembering them gives the same text in 0.61 s
-instead of 0.84 s here (BENCHMARKS.md, figure 4). Training runs are not touched.
+cannot change within one ``--help``, so remembering them gives the same text faster
+(BENCHMARKS.md, figure 4). Training runs are not touched.
 """
 
 from __future__ import annotations

@@ -15,9 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp.errors import UserError
 
-# Architectures segexp builds besides smp's own (DESIGN.md: "smp.create_model + FCN").
-EXTRA_ARCHS = ("fcn",)
-
 
 class ConfigError(UserError):
     """One or more config values that cannot work; each line names key, value, valid range, fix."""
@@ -94,9 +91,13 @@ def check_optim(cfg: DictConfig) -> list[str]:
 
 def check_model(cfg: DictConfig) -> list[str]:
     model = _get(cfg, "model")
-    if not isinstance(model, Mapping) or _target(model) != "segexp.model.networks.build_model":
-        return []  # another builder: it checks its own arguments
     import segmentation_models_pytorch as smp
+
+    from segexp.model.networks import EXTRA_ARCHS, build_model
+
+    builder = f"{build_model.__module__}.{build_model.__qualname__}"
+    if not isinstance(model, Mapping) or _target(model) != builder:
+        return []  # another builder: it checks its own arguments
 
     problems = []
     arch = str(model.get("arch", ""))

@@ -1,4 +1,4 @@
-"""The plain folder layout (DESIGN.md): images/{split}/*, masks/{split}/<name>.png."""
+"""The plain folder layout: images/{split}/*, masks/{split}/<name>.png (README "Bring your own data")."""
 
 from __future__ import annotations
 
