@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,sweep,slurm,onnx,crf
+EXTRAS ?= dev,sweep,slurm,onnx,crf,tensorboard,mlflow
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-debug evaluate test test-fast lint fmt bench bench-quick bench-gpu clean
+.PHONY: help install train train-debug evaluate test test-fast stress lint fmt bench bench-quick bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ test: ## run the whole test suite (what CI runs)
 
 test-fast: ## the tests not marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+stress: ## SIGKILL a small run 30 times at random moments, resuming each time (KILLS=30); requeue a SLURM DDP job 20 times (SIGNALS=20)
+	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/test_checkpoint_faults.py -k sigkill $(PYTEST_ARGS)
+	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/test_slurm.py -k requeue $(PYTEST_ARGS)
 
 lint: ## ruff lint + format check + the package's layer contract (import-linter)
 	$(PY) -m ruff check .

@@ -13,36 +13,67 @@ and confusion.png in the run folder.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 
 def data_config(cfg: DictConfig, model) -> DictConfig:
     """The dataset to evaluate on: ``data=...`` from the command line, else the training one."""
     if cfg.get("data"):
+        from segexp.data.classes import resolve_num_classes
+
         data_cfg = cfg.data
-        # A folder given on the command line takes its class count from the checkpoint.
-        if OmegaConf.is_missing(data_cfg, "num_classes"):
-            with open_dict(data_cfg):
-                data_cfg.num_classes = model.hparams.num_classes
+        # data.num_classes unset: the dataset's count (classes.txt, COCO categories, ...),
+        # else the checkpoint's; a disagreement with the checkpoint is an error below.
+        resolve_num_classes(data_cfg, default=model.hparams.num_classes)
         return data_cfg
     if model.run_config and model.run_config.get("data"):
         return OmegaConf.create(model.run_config["data"])
-    raise ValueError(
+    from segexp.errors import UserError
+
+    raise UserError(
         f"ckpt_path={cfg.ckpt_path} does not record its dataset; choose one with data=NAME "
         "(e.g. data=folder data.root=/my/data)"
     )
 
 
-def split_name(data: DictConfig, split: str) -> str:
+def split_name(data: DictConfig, split: str) -> str | None:
     """The dataset's own name for ``split``: a role (train / val / test) goes through
     ``data.<role>_split`` (VOC's test role reads ``val``, COCO's val reads ``val2017``);
     any other name is the dataset's split as written (e.g. ``split=train_aug``)."""
+    if split == "test" and "test_split" in data and data.test_split is None:
+        return None  # the datamodule's choice: "test" when the dataset has it, else val
     if split in ("train", "val", "test"):
         return str(data.get(f"{split}_split") or split)
     return split
+
+
+def check_same_classes(ckpt_path: str, checkpoint_names: list[str], data: DictConfig) -> None:
+    """Refuse a dataset whose classes differ from the checkpoint's in number or names.
+
+    The dataset's names are its own (classes.txt, COCO categories, VOC's list...), else
+    ``data.class_names``. Names count only where both sides have them (a checkpoint
+    without names holds the placeholders ``class_<i>``); the number always does.
+    """
+    from segexp.data.classes import ClassesError, dataset_classes
+
+    names, source = dataset_classes(data)
+    if names is None and data.get("class_names") is not None:
+        names, source = list(data.class_names), "data.class_names"
+    count = len(names) if names is not None else int(data.num_classes)
+    placeholders = [f"class_{i}" for i in range(len(checkpoint_names))]
+    if count == len(checkpoint_names) and (
+        names is None or checkpoint_names == placeholders or list(names) == checkpoint_names
+    ):
+        return
+    where = source or (f"data.root={data.root}" if data.get("root") else "the dataset")
+    dataset = f"{count} classes {list(names)}" if names is not None else f"{count} classes"
+    raise ClassesError(
+        f"ckpt_path={ckpt_path} predicts {len(checkpoint_names)} classes {checkpoint_names}, "
+        f"but {where} defines {dataset}; the scores would be meaningless. Evaluate on a "
+        "dataset with the checkpoint's classes (in the same order), or fix the dataset's "
+        "classes.txt / data.class_names."
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -66,12 +97,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     }
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
+    check_same_classes(cfg.ckpt_path, model.class_names, data)
     datamodule = instantiate(data, **overrides)
-    if datamodule.num_classes != model.hparams.num_classes:
-        raise ValueError(
-            f"data.num_classes={datamodule.num_classes} but the checkpoint predicts "
-            f"{model.hparams.num_classes} classes; evaluate on a dataset with the same classes"
-        )
 
     postprocess = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     model.set_inference(instantiate(cfg.inference, postprocess=postprocess))
@@ -101,14 +128,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from segexp.data.datasets.base import DataError
-    from segexp.run.checkpoint import CheckpointError
+    from segexp.run.errors import exit_codes
 
-    try:
+    with exit_codes():  # user errors (config, data, checkpoint): one line and exit 2
         evaluate(cfg)
-    except (CheckpointError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

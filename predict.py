@@ -19,9 +19,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from segexp.errors import UserError
 
-class InputError(ValueError):
-    """``input=...`` names nothing to predict on."""
+
+class InputError(UserError):
+    """``input=...`` names nothing to predict on, or ``palette=...`` does not fit the classes."""
 
 
 def collect_inputs(pattern: str) -> list[Path]:
@@ -61,7 +63,7 @@ def predict(cfg: DictConfig) -> dict:
     from tqdm import tqdm
 
     from segexp.data.datasets.base import DataError, read_image
-    from segexp.infer.engine import default_palette
+    from segexp.data.viz import palette as default_palette
     from segexp.run.checkpoint import load_module
 
     files = collect_inputs(str(cfg.input))
@@ -136,7 +138,7 @@ def write_outputs(cfg, out_dir: Path, name: str, image, labels, palette, probs=N
     import numpy as np
     from PIL import Image
 
-    from segexp.infer.engine import overlay
+    from segexp.data.viz import overlay
 
     if cfg.save_masks:
         if len(palette) <= 256:
@@ -154,13 +156,10 @@ def write_outputs(cfg, out_dir: Path, name: str, image, labels, palette, probs=N
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from segexp.run.checkpoint import CheckpointError
+    from segexp.run.errors import exit_codes
 
-    try:
+    with exit_codes():  # user errors: one line and exit 2
         result = predict(cfg)
-    except (CheckpointError, InputError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     if result["failed"]:
         sys.exit(1)
 

@@ -25,21 +25,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from segexp.data.classes import recorded_config, resolve_num_classes
+    from segexp.infer.report import print_summary
     from segexp.model.module import build_module
+    from segexp.model.pretrained import (
+        file_record,
+        init_from_config,
+        merged_run_info,
+        use_weights_dir,
+    )
     from segexp.run.checkpoint import check_compatible
     from segexp.run.ranks import is_global_zero
-    from segexp.run.rundir import write_json, write_metadata
+    from segexp.run.rundir import write_json, write_metadata, write_text
     from segexp.run.validate import check_config
-    from segexp.summary import print_summary
 
+    # data.num_classes: null -> the dataset's own count, before the model reads ${data.num_classes}
+    resolve_num_classes(cfg.data)
     check_config(cfg)  # bad values fail here, before any data is read
     run_dir = Path(cfg.paths.output_dir)
     if is_global_zero():  # DDP children and SLURM tasks > 0 share rank 0's run folder
         write_metadata(run_dir)
+        saved = recorded_config(run_dir / ".hydra" / "config.yaml", cfg.data.num_classes)
+        if saved is not None:  # the filled value, so reproduce/resume read the same number
+            write_text(run_dir / ".hydra" / "config.yaml", saved)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    use_weights_dir(cfg.paths.get("weights_dir"))  # model.encoder_weights=...: looked up here first
     model = build_module(cfg, datamodule)  # loss.weight=auto: weights from the train split
+    transfer = init_from_config(cfg, model)  # init_from=: weights only, on every rank, before fit
+    if transfer is not None and is_global_zero():
+        transfer.emit()  # printed and in the run's log file
+        info = run_dir / "run_info.json"  # merged: other parts of the run write there too
+        write_json(info, merged_run_info(info, {"init_from": file_record(cfg.init_from, transfer)}))
 
     loggers = [instantiate(entry) for entry in (cfg.logger or {}).values() if entry]
     callbacks = [
@@ -60,11 +78,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        # verbose=False: the metrics are printed once, by print_summary below
+        trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+        )
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
 
+    if datamodule.skipped and trainer.is_global_zero:  # data.on_bad_sample=skip
+        info = run_dir / "run_info.json"
+        write_json(info, merged_run_info(info, {"skipped_samples": datamodule.skipped}))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         print_summary(metrics, run_dir, datamodule.class_names, stage="test" if cfg.test else "val")

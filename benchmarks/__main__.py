@@ -3,6 +3,8 @@
     python -m benchmarks                    # all figures (about 13 min on a quiet 2-core machine)
     python -m benchmarks --quick            # tiny sizes: checks the suite runs (seconds per figure)
     python -m benchmarks --only overhead,metrics
+    python -m benchmarks --only transfer    # init_from= vs from scratch on a second dataset
+    python -m benchmarks --only sweep       # the same Optuna search with and without pruning
     python -m benchmarks --only quality --candidates   # compare candidate default recipes
     python -m benchmarks --only quality --candidates fpn-mobilenet_v2  # one of them
     python -m benchmarks --clock cpu        # budgets in CPU time (for a shared, loaded machine)
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.harness import REPO, Figure, Settings, quiet_lightning
 
-FIGURES = ("overhead", "data", "metrics", "startup", "inference", "quality")
+FIGURES = ("overhead", "data", "metrics", "startup", "inference", "quality", "transfer", "sweep")
 TITLES = {
     "overhead": "1. Framework overhead (training step)",
     "data": "2. Data pipeline vs model",
@@ -33,6 +35,8 @@ TITLES = {
     "startup": "4. Start-up",
     "inference": "5. Inference and peak memory",
     "quality": "6. Quality per minute (default recipe)",
+    "transfer": "7. Transfer: init_from vs from scratch on a second dataset",
+    "sweep": "8. Sweeps: Optuna with and without pruning",
 }
 
 

@@ -1,4 +1,4 @@
-"""segexp.data.check: a clean dataset passes; every defect planted in a broken copy is reported."""
+"""segexp.check: a clean dataset passes; every defect planted in a broken copy is reported."""
 
 from __future__ import annotations
 
@@ -75,21 +75,32 @@ def test_every_planted_defect_is_reported_and_exit_is_nonzero(clean, tmp_path):
     shutil.copytree(root, broken)
     planted = plant_defects(broken)
     result = run_script(
-        "-m", "segexp.data.check", "data=folder", f"data.root={broken}", "data.num_classes=3"
+        "-m",
+        "segexp.check",
+        "data=folder",
+        f"data.root={broken}",
+        f"hydra.run.dir={tmp_path / 'h'}",
     )
     assert result.returncode == 1, result.stdout + result.stderr
     errors = result.stdout.split("ERRORS")[1]
     missing = {what: text for what, text in planted.items() if text not in errors}
     assert not missing, f"not reported: {missing}\n{result.stdout}"
     assert f"{len(planted)} error(s)" in result.stdout  # each defect once, nothing invented
+    hints = result.stdout.split("HOW TO FIX:")[1]
+    for kind in ("rgb mask (1)", "size mismatch (1)", "bad labels (1)", "missing mask (1)"):
+        assert kind in hints, hints
+    assert "Image.fromarray(o).save" in hints  # the palette-to-index one-liner
+    assert "Traceback" not in result.stderr
 
 
 def test_wrong_num_classes_and_missing_split_are_errors(clean, capsys):
     root, _ = clean
     shutil.rmtree(root / "images" / "test")
-    assert main(["data=folder", f"data.root={root}", "data.num_classes=4"]) == 1
+    args = ["data=folder", f"data.root={root}", "data.num_classes=4", "data.test_split=test"]
+    assert main(args) == 1
     out = capsys.readouterr().out
-    assert "data.num_classes=4 but there are 3 class names" in out
+    assert f"data.num_classes=4 but {root}/classes.txt defines 3 classes (c0, c1, c2)" in out
+    assert "result: 2 error(s)" in out  # the disagreement once (not again as names), the split
     assert "split 'test' (data.test_split)" in out and "no folder" in out
     assert "class 3 (class_3) never appears in the train split" in out  # a warning, not an error
 
@@ -101,3 +112,27 @@ def test_check_reads_real_formats(tmp_path, capsys):
     assert main(["data=cityscapes", f"data.root={tmp_path}"]) == 1
     out = capsys.readouterr().out
     assert f"no mask {victim}" in out and "road" in out
+
+
+def test_splits_found_and_test_on_val_notice(tmp_path, capsys):
+    root = tmp_path / "d"
+    fixtures.make_folder(root, counts={"train": 3, "val": 2})
+    assert main(["data=folder", f"data.root={root}"]) == 0  # num_classes from classes.txt
+    out = capsys.readouterr().out
+    assert "splits found: train, val" in out and "num_classes=3" in out
+    assert "no 'test' split" in out and "split test" not in out
+
+
+def test_entry_point_help_and_cfg_and_legacy_json(clean, tmp_path):
+    root, _ = clean
+    report = tmp_path / "r.json"
+    result = run_script("-m", "segexp.check", "data=folder", f"data.root={root}", "--cfg", "job")
+    assert result.returncode == 0 and "task_name: check" in result.stdout, result.stderr
+    result = run_script("-m", "segexp.check", "--help")
+    assert result.returncode == 0 and "data" in result.stdout, result.stderr
+    result = run_script(
+        "-m", "segexp.check", "data=folder", f"data.root={root}", "--json", str(report),
+        f"hydra.run.dir={tmp_path / 'h'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(report.read_text())["splits"] == {"train": 6, "val": 3, "test": 2}

@@ -9,6 +9,7 @@ from PIL import Image
 
 from segexp.data.datamodule import SegDataModule
 from segexp.data.datasets import DataError, FolderDataset
+from segexp.errors import UserError
 
 
 def write_dataset(root, splits=("train", "val", "test"), count=3, size=(40, 48), num_classes=3):
@@ -28,7 +29,10 @@ def datamodule(root, num_classes=3, **kwargs):
     from functools import partial
 
     return SegDataModule(
-        dataset=partial(FolderDataset, root=str(root)), num_classes=num_classes, **kwargs
+        dataset=partial(FolderDataset, root=str(root)),
+        num_classes=num_classes,
+        root=str(root),
+        **kwargs,
     )
 
 
@@ -103,7 +107,7 @@ def test_every_format_config_loads_a_batch(compose_cfg, tmp_path, fmt):
         (64, 64),
     )
     labels = set(batch["mask"].unique().tolist())
-    assert labels <= {*range(cfg.data.num_classes), 255} and len(labels) > 1
+    assert labels <= {*range(dm.num_classes), 255} and len(labels) > 1
 
 
 def test_first_sample_of_a_format_is_checked(compose_cfg, tmp_path):
@@ -154,3 +158,82 @@ def test_missing_split_folder_is_explained(tmp_path):
     write_dataset(tmp_path, splits=("train",))
     with pytest.raises(DataError, match="no folder"):
         datamodule(tmp_path).setup("fit")
+
+
+def test_scanner_checks_sizes_labels_and_rgb():
+    from segexp.data.scan import LabelCounts, bad_labels, check_arrays, label_histogram
+
+    image = np.zeros((4, 5, 3), np.uint8)
+    mask = np.array([[0, 1, 255, 2, 2]] * 4, np.uint8)
+    assert check_arrays(image, mask, "i.png", "m.png", 3, 255) == []
+    assert bad_labels(mask, 2, 255) == [2]  # 255 is ignore, 2 is out of range
+    assert label_histogram(mask) == {0: 4, 1: 4, 2: 8, 255: 4}
+    (size,) = check_arrays(np.zeros((5, 5, 3), np.uint8), mask, "i.png", "m.png", 3, 255)
+    assert size.kind == "size mismatch" and "i.png is 5x5 but its mask m.png is 5x4" in size.message
+    (rgb,) = check_arrays(image, np.zeros((4, 5, 3), np.uint8), "i.png", "m.png", 3, 255)
+    assert rgb.kind == "rgb mask" and "m.png: mask is RGB" in rgb.message
+    stats = LabelCounts(3, ignore_index=255)
+    stats.add(mask)
+    stats.add(np.array([[7, 0]]))
+    assert stats.counts.tolist() == [5, 4, 8] and stats.ignored == 4
+    assert stats.image_pixels.tolist() == [22, 20, 20] and stats.values[7] == 1
+
+
+def test_bad_sample_anywhere_in_the_split_is_an_error_naming_it(tmp_path):
+    write_dataset(tmp_path)
+    bad = np.zeros((40, 48), np.uint8)
+    bad[3, 3] = 9
+    Image.fromarray(bad).save(
+        tmp_path / "masks" / "val" / "2.png"
+    )  # the last sample, not the first
+    dm = datamodule(tmp_path, batch_size=1)
+    dm.setup("fit")  # the first sample is fine
+    with pytest.raises(DataError, match=r"masks/val/2.png contains label\(s\) \[9\]"):
+        list(dm.val_dataloader())
+
+
+def test_skip_drops_bad_samples_and_keeps_batches_non_empty(tmp_path):
+    write_dataset(tmp_path, count=4)
+    (tmp_path / "images" / "val" / "1.png").write_bytes(b"garbage")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "val" / "2.png")
+    dm = datamodule(tmp_path, batch_size=2, pad_to_multiple=1, on_bad_sample="skip")
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert [b["name"] for b in batches] == [["0"], ["3"]]
+    assert "1.png: cannot read image" in batches[0]["skipped"][0]
+    assert "is 48x40 but its mask" in batches[1]["skipped"][0]
+    dm.on_before_batch_transfer(batches[0], 0)  # no trainer: counted as val
+    assert "skipped" not in batches[0] and len(dm.skipped["val"]) == 1
+    # A batch whose samples were all bad holds one placeholder that counts nowhere.
+    (tmp_path / "images" / "val" / "0.png").write_bytes(b"garbage")
+    dm = datamodule(tmp_path, batch_size=2, on_bad_sample="skip")
+    dm.setup("validate")
+    first = next(iter(dm.val_dataloader()))
+    assert first["image"].shape[0] == 1 and (first["mask"] == 255).all()
+    assert len(first["skipped"]) == 2
+    with pytest.raises(UserError, match="on_bad_sample='maybe'"):
+        datamodule(tmp_path, on_bad_sample="maybe")
+
+
+def test_test_split_defaults_to_test_else_val_with_a_notice(tmp_path, capsys):
+    write_dataset(tmp_path / "full")
+    dm = datamodule(tmp_path / "full")
+    dm.setup("test")
+    assert dm.datasets["test"].split == "test"
+    write_dataset(tmp_path / "two", splits=("train", "val"))
+    dm = datamodule(tmp_path / "two")
+    dm.setup("test")
+    assert dm.datasets["test"].split == "val"
+    assert f"no 'test' split in {tmp_path / 'two'} (found: train, val)" in capsys.readouterr().out
+    dm = datamodule(tmp_path / "two", test_split="test")  # an explicit choice is kept
+    with pytest.raises(DataError, match="no folder"):
+        dm.setup("test")
+
+
+def test_num_classes_none_comes_from_classes_txt(tmp_path):
+    write_dataset(tmp_path, num_classes=4)
+    (tmp_path / "classes.txt").write_text("bg\na\nb\nc\n")
+    assert datamodule(tmp_path, num_classes=None).num_classes == 4
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(UserError, match="set data.num_classes=N .* or write classes.txt"):
+        datamodule(tmp_path, num_classes=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -184,3 +186,103 @@ def test_rgb_mask_is_refused_with_the_fix(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "m.png")
     with pytest.raises(DataError, match="mask is RGB.*Convert colour-coded masks"):
         read_mask(tmp_path / "m.png")
+
+
+def test_each_format_defines_its_classes_and_splits(tmp_path):
+    fixtures.make_folder(tmp_path / "folder", counts={"train": 1, "val": 1})
+    assert FolderDataset.defined_classes(root=str(tmp_path / "folder")) == ["c0", "c1", "c2"]
+    assert FolderDataset.find_splits(root=str(tmp_path / "folder")) == ["train", "val"]
+    assert FolderDataset.defined_classes(root=str(tmp_path)) is None  # no classes.txt
+    fixtures.make_voc(tmp_path / "voc", counts={"train": 1, "val": 1})
+    assert len(VOCDataset.defined_classes(root=str(tmp_path / "voc"))) == 21
+    assert VOCDataset.find_splits(root=str(tmp_path / "voc")) == ["train", "val"]
+    fixtures.make_ade20k(tmp_path / "ade", counts={"training": 1, "validation": 1})
+    assert len(ADE20KDataset.defined_classes()) == 150
+    assert len(ADE20KDataset.defined_classes(reduce_zero_label=False)) == 151
+    assert ADE20KDataset.find_splits(root=str(tmp_path / "ade")) == ["train", "val"]
+    fixtures.make_cityscapes(tmp_path / "cs", counts={"train": 1, "val": 1})
+    assert CityscapesDataset.find_splits(root=str(tmp_path / "cs")) == ["train", "val"]
+    fixtures.make_coco(tmp_path / "coco", counts={"train2017": 1, "val2017": 1})
+    names = COCODataset.defined_classes(root=str(tmp_path / "coco"), split="train2017")
+    assert names[:3] == ["background", "person", "bicycle"] and len(names) == 81
+    assert COCODataset.find_splits(root=str(tmp_path / "coco")) == ["train2017", "val2017"]
+
+
+def _coco_file(path, categories, pad=0):
+    """An annotation file with ``categories`` first, ``pad`` bytes of images after them."""
+    images = [{"id": i, "file_name": "x" * 90} for i in range(pad // 100)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"categories": categories, "images": images, "annotations": []}))
+
+
+def test_coco_categories_are_read_from_either_end_of_a_large_file(tmp_path):
+    from segexp.data.datasets.coco import read_categories
+
+    categories = [{"id": 2, "name": "b"}, {"id": 1, "name": "a"}]
+    _coco_file(tmp_path / "head.json", categories, pad=3 << 20)  # categories in the first MB
+    assert read_categories(tmp_path / "head.json") == categories
+    images = [{"id": i, "file_name": "x" * 90} for i in range(30000)]
+    (tmp_path / "tail.json").write_text(json.dumps({"images": images, "categories": categories}))
+    assert read_categories(tmp_path / "tail.json") == categories
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    with pytest.raises(DataError, match="bad.json: cannot read the annotation JSON's categories"):
+        read_categories(tmp_path / "bad.json")
+
+
+def test_coco_background_category_is_class_zero(tmp_path):
+    from segexp.data.datasets.coco import class_layout
+
+    cats = [
+        {"id": 5, "name": "crack"},
+        {"id": 0, "name": "_background_"},
+        {"id": 2, "name": "rust"},
+    ]
+    names, label_of = class_layout(cats, None, tmp_path / "a.json")
+    assert names == ["_background_", "rust", "crack"] and label_of == {0: 0, 2: 1, 5: 2}
+    names, label_of = class_layout(cats[::2], None, tmp_path / "a.json")  # no background
+    assert names == ["background", "rust", "crack"] and label_of == {2: 1, 5: 2}
+
+
+@pytest.mark.parametrize(
+    ("data", "args", "expected"),
+    [
+        ("folder", [], 3),
+        ("voc", [], 21),
+        ("ade20k", ["data.dataset.reduce_zero_label=false"], 151),
+        ("cityscapes", [], 19),
+        ("coco", [], 81),
+        ("coco", ["data.dataset.categories=[dog,person]"], 3),
+        ("coco", ["data.dataset.categories=voc"], 21),
+    ],
+)
+def test_num_classes_null_is_filled_from_the_dataset(compose_cfg, tmp_path, data, args, expected):
+    from segexp.data.classes import resolve_num_classes
+
+    builder = {"ade20k": fixtures.make_ade20k, "voc": fixtures.make_voc}.get(data)
+    counts = {"ade20k": {"training": 1}, "voc": {"train": 1}, "coco": {"train2017": 1}}
+    (builder or fixtures.BUILDERS[data])(tmp_path / data, counts=counts.get(data, {"train": 1}))
+    cfg = compose_cfg([f"data={data}", f"data.root={tmp_path / data}", *args])
+    assert cfg.data.num_classes is None
+    assert resolve_num_classes(cfg.data) == expected and cfg.data.num_classes == expected
+
+
+def test_num_classes_disagreement_or_no_source_is_one_clear_error(compose_cfg, tmp_path):
+    from segexp.data.classes import ClassesError, recorded_config, resolve_num_classes
+
+    fixtures.make_folder(tmp_path / "d", counts={"train": 1})
+    cfg = compose_cfg(["data=folder", f"data.root={tmp_path / 'd'}", "data.num_classes=5"])
+    with pytest.raises(ClassesError, match=r"data.num_classes=5 but .*/d/classes.txt defines 3"):
+        resolve_num_classes(cfg.data)
+    (tmp_path / "d" / "classes.txt").unlink()
+    assert resolve_num_classes(cfg.data) == 5  # no source: the user's number stands
+    cfg = compose_cfg(["data=folder", f"data.root={tmp_path / 'd'}"])
+    with pytest.raises(ClassesError) as error:
+        resolve_num_classes(cfg.data)
+    assert "\n" not in str(error.value) and "data.num_classes=N" in str(error.value)
+    assert resolve_num_classes(cfg.data, default=4) == 4  # evaluate.py: the checkpoint's
+    # The run folder's saved config gets the filled value, and only that.
+    saved = tmp_path / "config.yaml"
+    saved.write_text("data:\n  num_classes: null\n  root: /x\nseed: 1\n")
+    assert recorded_config(saved, 4) == "data:\n  num_classes: 4\n  root: /x\nseed: 1\n"
+    saved.write_text("data:\n  num_classes: 4\n")
+    assert recorded_config(saved, 4) is None

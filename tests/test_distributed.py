@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -76,7 +77,7 @@ def test_requeued_slurm_job_resumes_from_newest_checkpoint(compose_cfg, monkeypa
     run = Path(cfg.paths.output_dir)
     (run / "checkpoints").mkdir(parents=True)
     last = run / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"x")
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 3}, last)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # first start: never resume
@@ -87,10 +88,14 @@ def test_requeued_slurm_job_resumes_from_newest_checkpoint(compose_cfg, monkeypa
 
     # Lightning's signal-time checkpoint is newer than last.ckpt: it wins.
     hpc = run / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"x")
-    os.utime(last, (1, 1))
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 5}, hpc)
     cfg.ckpt_path = None
     assert distributed.resume_after_requeue(cfg) == hpc
+
+    # ... unless it is truncated (a kill mid-write): the newest one that loads wins.
+    hpc.write_bytes(hpc.read_bytes()[:100])
+    cfg.ckpt_path = None
+    assert distributed.resume_after_requeue(cfg) == last
 
     cfg.ckpt_path = "/explicit.ckpt"  # the user's ckpt_path is never replaced
     assert distributed.resume_after_requeue(cfg) is None and cfg.ckpt_path == "/explicit.ckpt"

@@ -203,3 +203,33 @@ def test_split_roles_go_through_the_data_config(compose_cfg, data, split, expect
 
     cfg = compose_cfg([f"data={data}", "data.root=/nowhere"] if data != "shapes" else [])
     assert split_name(cfg.data, split) == expected
+
+
+@pytest.mark.slow
+def test_cli_evaluate_refuses_other_classes(tmp_path, compose_cfg):
+    """A 6-class checkpoint on a dataset whose classes.txt has 3 names: exit 2, both lists named."""
+    root = write_folder_dataset(tmp_path / "folder", labels=(0, 1, 2))
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    ckpt = write_checkpoint(tmp_path / "ckpt" / "six.ckpt", compose_cfg, num_classes=6)
+    out = tmp_path / "eval"
+    result = run_script(
+        "evaluate.py", f"ckpt_path={ckpt}", "data=folder", f"data.root={root}", "data.num_workers=0",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "['c0', 'c1', 'c2', 'c3', 'c4', 'c5']" in line and "['sky', 'road', 'car']" in line
+    assert not (out / "metrics.json").exists()
+
+
+def test_evaluate_refuses_same_number_of_other_names(tmp_path, compose_cfg):
+    from segexp.data.classes import ClassesError
+
+    root = write_folder_dataset(tmp_path / "folder", labels=(0, 1, 2))
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    ckpt = write_checkpoint(tmp_path / "ckpt" / "three.ckpt", compose_cfg, num_classes=3)
+    with pytest.raises(ClassesError, match=r"\['c0', 'c1', 'c2'\].*\['sky', 'road', 'car'\]"):
+        evaluate(eval_cfg(compose_cfg, ckpt, root))
+    (root / "classes.txt").write_text("c0\nc1\nc2\n")  # the checkpoint's names: evaluated
+    assert "test/mIoU" in evaluate(eval_cfg(compose_cfg, ckpt, root))

@@ -89,8 +89,8 @@ def test_signal_saves_last_ckpt_and_exits_nonzero(compose_cfg, signum, batch, st
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = ckpt_state(last)
     assert checkpoint["global_step"] == steps_done and checkpoint["epoch"] == 0
-    exact = checkpoint["callbacks"]["ExactResume"]
-    assert exact["batches_done"] == steps_done and exact["epoch_done"] == (steps_done == 3)
+    position = checkpoint["SegDataModule"]  # the DataModule's own state: where the epoch stopped
+    assert position["batches_done"] == steps_done and position["epoch_done"] == (steps_done == 3)
     assert not (last.parent / "last-v1.ckpt").exists()
     assert signal.getsignal(signum) == previous  # handlers restored
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()  # no "successful" result

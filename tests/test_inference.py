@@ -8,7 +8,9 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from segexp.infer.engine import Inference, default_palette, denormalize, overlay, window_starts
+from segexp.data import viz
+from segexp.data.viz import denormalize, overlay
+from segexp.infer.engine import Inference, window_starts
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
@@ -179,7 +181,7 @@ def test_bad_inference_settings_are_clear_errors():
 
 
 def test_palette_and_overlay():
-    palette = default_palette(21)
+    palette = viz.palette(21)
     assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
     assert len({tuple(c) for c in palette}) == 21  # distinct colours
     image = np.full((2, 2, 3), 200, np.uint8)

@@ -205,3 +205,43 @@ def test_csv_logger_keeps_earlier_rows_when_a_run_resumes(tmp_path):
         ("2", "0.75"),
     ]
     assert rows[-1]["test/mIoU"] == "0.7" and rows[0]["test/mIoU"] == ""
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_online_wandb_without_network_logs_offline_at_once(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API key but no reachable server (W&B alone stalls ~2 min, then a traceback): the run
+    logs offline within seconds, with one warning that says why and how to sync."""
+    import time
+
+    import pytorch_lightning.loggers  # noqa: F401  (imported before the clock starts)
+
+    from segexp.track.loggers import wandb_logger, wandb_server_problem
+
+    clean_env.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    clean_env.delenv("WANDB_MODE", raising=False)
+    clean_env.setenv("WANDB_API_KEY", "x" * 40)  # a fake key; nothing leaves the machine:
+    clean_env.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    assert wandb_mode() == "online"  # what the set-up asks for
+    assert "does not answer" in (wandb_server_problem() or "")
+    start = time.monotonic()
+    logger = wandb_logger(save_dir=str(tmp_path / "run"), project="segexp-test")
+    run = logger.experiment
+    elapsed = time.monotonic() - start
+    try:
+        assert run.settings.mode == "offline"
+    finally:
+        finish_wandb()
+    assert elapsed < 10, elapsed
+    warnings = [r.getMessage() for r in caplog.records if "logging offline" in r.getMessage()]
+    assert len(warnings) == 1 and "wandb sync" in warnings[0], warnings
+    assert len(offline_runs(tmp_path / "run")) == 1

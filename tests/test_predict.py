@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from predict import InputError, collect_inputs, predict, unique_stems
-from segexp.infer.engine import default_palette
+from segexp.data import viz
 from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.tiny_checkpoint import normalise, write_checkpoint
@@ -66,7 +66,7 @@ def test_predict_folder_writes_masks_overlays_probs(tmp_path, inputs, compose_cf
     result = predict(predict_cfg(compose_cfg, ckpt, inputs, out, "save_probs=true", "batch_size=3"))
     assert sorted(result["written"]) == ["a", "b", "gray", "rgba"]
     assert set(result["failed"]) == {str(inputs / "broken.png"), str(inputs / "notes.txt")}
-    palette = default_palette(NUM_CLASSES)
+    palette = viz.palette(NUM_CLASSES)
     for name, source in [("a", "a.png"), ("gray", "gray.png"), ("rgba", "rgba.png")]:
         labels, probs = expected_labels(ckpt, inputs / source)
         with Image.open(out / "masks" / f"{name}.png") as mask:

@@ -41,7 +41,9 @@ def test_reproduce_composes_the_saved_config_into_a_new_folder(run_dir):
     ]
     assert "trainer.max_epochs=3" in argv and "-m" in argv
     assert f'++reproduce="{run_dir}"' in argv
-    assert not any(a.startswith("hydra.run.dir") for a in argv)  # Hydra picks a new folder
+    # A new folder, as unique as a plain run's (not the original's).
+    assert any(a.startswith("hydra.run.dir='${unique_dir:outputs/") for a in argv)
+    assert not any(str(run_dir) in a for a in argv if a.startswith("hydra.run.dir"))
     # A DDP child re-launched with the rewritten command line is left alone.
     assert rewrite_argv(argv) == argv
 

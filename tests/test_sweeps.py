@@ -1,4 +1,4 @@
-"""Sweeps: W&B sweep YAMLs and Optuna configs compose with Hydra; failed jobs don't end a sweep."""
+"""Sweeps: W&B sweep YAMLs and Optuna configs compose with Hydra; failed and pruned jobs don't end a sweep."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from segexp.track.sweeps import ERROR_FILE, command_line_fixed_keys, run_job, run_name, sweep_group
+from segexp.run.job import command_line_fixed_keys, run_name, sweep_group
+from segexp.track.study import PRUNERS, SAMPLERS, parse_search_space
+from segexp.track.sweeps import ERROR_FILE, PRUNED_FILE, run_job
 from tests.conftest import CONF, REPO, TINY, run_script
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -98,9 +100,16 @@ def test_optuna_config_composes(path: Path, compose_cfg) -> None:
         )
     sweeper = cfg.hydra.sweeper
     assert cfg.hydra.mode == RunMode.MULTIRUN
-    assert "OptunaSweeper" in sweeper._target_
-    assert sweeper.storage is None  # SQLite storage fails with SQLAlchemy 2 (optuna 2.x)
+    assert sweeper._target_ == "hydra_plugins.segexp_optuna_sweeper.sweeper.SegexpOptunaSweeper"
+    assert sweeper.storage is None  # <sweep dir>/optuna.journal
     assert sweeper.direction == "maximize" and cfg.optimized_metric == "val/mIoU"
+    assert sweeper.sampler in SAMPLERS and cfg.hparams_search.pruner in PRUNERS
+    pruning = cfg.callbacks.optuna_pruning  # each job reports to its trial
+    assert pruning.trial is None and pruning.monitor == cfg.optimized_metric
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)  # run folders: trial numbers
+    assert sweep["subdir"] == "${hparams_search.trial}"
+    distributions, fixed = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert set(distributions) == set(sweeper.params) and not fixed
     assert set(sweeper.params) >= {"optimizer.lr", "optimizer.weight_decay", "model", "loss"}
     for key, spec in sweeper.params.items():
         for value in sweeper_choices(f"{key}={spec}"):
@@ -140,6 +149,29 @@ def test_run_job_failed_and_nan_jobs(compose_cfg) -> None:
         run_job(crash, cfg, multirun=False)
 
 
+def test_run_job_pruned_trial_is_pruned_not_failed(compose_cfg, monkeypatch) -> None:
+    """A pruned trial: pruned.txt (the sweep summary's status), trial_state in the W&B summary."""
+    import optuna
+    import wandb
+
+    from segexp.track.loggers import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg()
+    run_dir = Path(cfg.paths.output_dir)
+
+    def pruned(_):
+        wandb.init(project="segexp-test", dir=str(run_dir), mode="offline").log({"val/mIoU": 0.1})
+        raise optuna.TrialPruned("trial 3 pruned after epoch 2")
+
+    assert run_job(pruned, cfg, multirun=True) is None
+    assert "after epoch 2" in (run_dir / PRUNED_FILE).read_text()
+    assert not (run_dir / ERROR_FILE).exists()
+    assert wandb.run is None
+    run = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
+    assert run["exit_code"] == 0 and run["summary"]["trial_state"] == "pruned"
+
+
 def test_run_job_finishes_the_wandb_run_of_a_failed_job(compose_cfg, monkeypatch) -> None:
     """The next job of the sweep must not log into the failed job's W&B run."""
     import wandb
@@ -172,6 +204,7 @@ def test_optuna_sweep_survives_failed_trial_and_records_best(
         "hydra.sweeper.n_trials=3",
         "~hydra.sweeper.params.model",  # the default model config, with an arch that fails
         "model.arch=choice(unet,no_such_arch)",
+        "seed=2",  # trial k samples with seed + k: trial 2 gets no_such_arch
         *TINY,
         "test=false",
         f"paths.data_dir={data_dir}",
@@ -189,6 +222,8 @@ def test_optuna_sweep_survives_failed_trial_and_records_best(
     assert len(done) + len(failed) == 3 and done and failed, (done, failed)
 
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["trials"] == {"complete": len(done), "failed": len(failed)}
+    assert failed == ["2"]
     best_value = max(done)
     assert best["best_value"] == pytest.approx(best_value)
     best_overrides = done[best_value]

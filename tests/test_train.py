@@ -94,7 +94,7 @@ def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
             ("model",),
             ("hydra/sweeper",),
             ("hydra",),
-            ("hydra/sweeper", ObjectType.GROUP),
+            ("hydra", ObjectType.GROUP),
         ]
         expected = [original(loader, *q) for q in questions]
         assert speed_up_help(["train.py", "--help"])
@@ -102,8 +102,8 @@ def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
         for _ in range(2):  # asked again: the remembered answer, still equal
             answers = [ConfigLoaderImpl.get_group_options(loader, *q) for q in questions]
             assert answers == expected
-    assert "unet_small" in answers[0] and "optuna" in answers[1]
-    assert answers[3] == ["sampler"] and "sampler" not in answers[1]  # the default filter kept
+    assert "unet_small" in answers[0] and "segexp_optuna" in answers[1]
+    assert "sweeper" in answers[3] and "sweeper" not in answers[2]  # the default filter kept
 
 
 def test_run_files_are_written_whole_with_the_usual_mode(tmp_path):

@@ -18,24 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from segexp.data.scan import LabelCounts
+
 
 def label_counts(
     dataset, num_classes: int, ignore_index: int = 255
 ) -> tuple[np.ndarray, np.ndarray]:
     """(pixels per class, pixels of the images containing each class), both (num_classes,) int64.
 
-    Labels outside 0..num_classes-1 (other than ignore_index) are skipped here;
-    ``segexp.data.check`` reports them.
+    Counted by the mask scanner (``segexp.data.scan.LabelCounts``). Labels outside
+    0..num_classes-1 (other than ignore_index) are skipped here; ``segexp.check`` reports them.
     """
-    counts = np.zeros(num_classes, dtype=np.int64)
-    image_pixels = np.zeros(num_classes, dtype=np.int64)
+    stats = LabelCounts(num_classes, ignore_index)
     for index in range(len(dataset)):
-        mask = np.asarray(dataset.load_mask(index)).astype(np.int64).ravel()
-        valid = mask[(mask >= 0) & (mask < num_classes) & (mask != ignore_index)]
-        per_class = np.bincount(valid, minlength=num_classes)[:num_classes]
-        counts += per_class
-        image_pixels[per_class > 0] += mask.size
-    return counts, image_pixels
+        stats.add(np.asarray(dataset.load_mask(index)))
+    return stats.counts, stats.image_pixels
 
 
 def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray) -> list[float]:

@@ -13,7 +13,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segexp.data.classes import classes_of, decide_num_classes
 from segexp.data.datasets.base import DataError, SegDataset
+from segexp.data.scan import check_arrays
 from segexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from segexp.errors import UserError
 
@@ -22,20 +24,9 @@ def check_sample(dataset: SegDataset, index: int, num_classes: int, ignore_index
     """Read one raw sample and fail with a clear DataError if it cannot be trained on."""
     image_path, mask_path = dataset.samples[index][:2]
     image, mask = dataset.load(index)
-    if image.shape[:2] != mask.shape[:2]:
-        raise DataError(
-            f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-            f"{mask.shape[1]}x{mask.shape[0]} (width x height); image and mask must be the "
-            "same size. Re-export the mask at the image's size."
-        )
-    labels = np.unique(mask)
-    bad = [int(v) for v in labels if (v < 0 or v >= num_classes) and v != ignore_index]
-    if bad:
-        raise DataError(
-            f"data.num_classes={num_classes} but mask {mask_path} contains label(s) "
-            f"{bad[:10]} (valid: 0..{num_classes - 1} or ignore_index={ignore_index}). "
-            "Fix data.num_classes, data.ignore_index, or the mask."
-        )
+    problems = check_arrays(image, mask, image_path, mask_path, num_classes, ignore_index)
+    if problems:
+        raise DataError(problems[0].message, kind=problems[0].kind)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -122,6 +113,12 @@ class SeededAugmentation(Dataset):
         return self.dataset[index]
 
 
+# The one sample a batch holds when data.on_bad_sample=skip dropped all of its own: a
+# zero image whose mask is all ignore_index, so it counts in neither loss nor metrics
+# (and it is large enough for BatchNorm at stride 32).
+PLACEHOLDER_SIZE = 64
+
+
 def pad_collate(
     batch: list[dict[str, Any]], ignore_index: int = 255, multiple: int = 32
 ) -> dict[str, Any]:
@@ -129,10 +126,24 @@ def pad_collate(
     rounded up to ``multiple`` (encoders downsample by 32), at the bottom/right.
 
     Padded image pixels are 0 (the mean colour after normalisation); padded mask pixels
-    are ``ignore_index``, so they count in neither loss nor metrics.
+    are ``ignore_index``, so they count in neither loss nor metrics. Samples the dataset
+    skipped (``{"skipped": message}``, see ``SegDataset``) are dropped and their messages
+    travel in ``batch["skipped"]``; a batch left with nothing holds one all-ignore placeholder.
     """
     import torch
 
+    skipped = [sample["skipped"] for sample in batch if "skipped" in sample]
+    if skipped:
+        batch = [sample for sample in batch if "skipped" not in sample]
+        if not batch:
+            size = max(PLACEHOLDER_SIZE, multiple)
+            batch = [
+                {
+                    "image": torch.zeros(3, size, size),
+                    "mask": torch.full((size, size), ignore_index, dtype=torch.long),
+                    "name": "",
+                }
+            ]
     height = max(sample["image"].shape[-2] for sample in batch)
     width = max(sample["image"].shape[-1] for sample in batch)
     if multiple > 1:
@@ -143,7 +154,36 @@ def pad_collate(
         h, w = sample["mask"].shape[-2:]
         images[i, :, :h, :w] = sample["image"]
         masks[i, :h, :w] = sample["mask"]
-    return {"image": images, "mask": masks, "name": [sample["name"] for sample in batch]}
+    out = {"image": images, "mask": masks, "name": [sample["name"] for sample in batch]}
+    if skipped:
+        out["skipped"] = skipped
+    return out
+
+
+class SkippedSamples(pl.Callback):
+    """Prints, at the end of each epoch, the samples ``data.on_bad_sample=skip`` dropped in it."""
+
+    def __init__(self, datamodule: SegDataModule) -> None:
+        self.datamodule = datamodule
+
+    def _flush(self, trainer: pl.Trainer, stage: str) -> None:
+        new = self.datamodule.epoch_skipped.pop(stage, None)
+        if new and trainer.is_global_zero:
+            lines = "\n".join(f"  - {message}" for message in sorted(new))
+            print(
+                f"data.on_bad_sample=skip: {len(new)} bad sample(s) skipped in {stage} "
+                f"(epoch {trainer.current_epoch}):\n{lines}",
+                flush=True,
+            )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, "train")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, "test")
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -152,24 +192,28 @@ class SegDataModule(pl.LightningDataModule):
     Args:
         dataset: a callable ``dataset(split=..., transform=...) -> SegDataset``
             (in config: the dataset class with ``_partial_: true`` and its layout arguments).
-        num_classes: number of classes; labels are 0..num_classes-1.
+        num_classes: number of classes; labels are 0..num_classes-1. None: the number the
+            dataset defines (``segexp.data.classes``).
         ignore_index: mask value excluded from loss and metrics.
         class_names: names for the classes (else the dataset's own, else ``class_<i>``).
         train_transforms / val_transforms: albumentations transforms (before normalisation).
         mean / std: normalisation, in [0, 1] units.
         generate: optional callable run once in ``prepare_data`` (writes a generated dataset).
-        test_split: the split ``test_dataloader`` reads (evaluate.py sets it).
+        test_split: the split ``test_dataloader`` reads (evaluate.py sets it); None: ``test``
+            when the dataset has one, else the val split (with a printed notice).
         root: the dataset's folder, for messages and tools (the dataset reads its own copy).
         seed: seeds the training order and augmentation (``SeededSampler``); None: the
             seed given to ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
         pad_to_multiple: batches are padded (image 0, mask ``ignore_index``) to the largest
             sample, rounded up to this multiple, so images of any size batch and fit the encoder.
+        on_bad_sample: ``raise`` (a DataError naming the file, at any sample) or ``skip``
+            (drop it, print it at the end of the epoch; ``skipped`` lists them for run_info.json).
     """
 
     def __init__(
         self,
         dataset: Callable[..., SegDataset],
-        num_classes: int,
+        num_classes: int | None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         train_transforms: Sequence[Any] = (),
@@ -183,12 +227,18 @@ class SegDataModule(pl.LightningDataModule):
         generate: Callable[[], Any] | None = None,
         train_split: str = "train",
         val_split: str = "val",
-        test_split: str = "test",
+        test_split: str | None = None,
         root: str | None = None,
         seed: int | None = None,
         pad_to_multiple: int = 32,
+        on_bad_sample: str = "raise",
     ) -> None:
         super().__init__()
+        if num_classes is None:  # from the dataset (train.py fills the config before this)
+            factory_class = getattr(dataset, "func", None)
+            kwargs = {**getattr(dataset, "keywords", {}), "split": train_split}
+            names, source = classes_of(factory_class, kwargs) if factory_class else (None, "")
+            num_classes = decide_num_classes(None, names, source, class_names, root)
         if num_classes < 2:
             raise UserError(f"data.num_classes={num_classes}: need at least 2 (background + 1).")
         if batch_size < 1:
@@ -212,6 +262,16 @@ class SegDataModule(pl.LightningDataModule):
         self.resume_position: tuple[int, int] | None = None
         self.pad_to_multiple = int(pad_to_multiple)
         self.datasets: dict[str, SegDataset] = {}
+        if on_bad_sample not in ("raise", "skip"):
+            raise UserError(
+                f"data.on_bad_sample={on_bad_sample!r}: must be 'raise' (stop at the first bad "
+                "sample) or 'skip' (drop it and list it at the end of the epoch)."
+            )
+        self.on_bad_sample = on_bad_sample
+        # data.on_bad_sample=skip: stage -> the messages of the samples skipped (whole run),
+        # and those of the current epoch, which SkippedSamples prints at its end.
+        self.skipped: dict[str, list[str]] = {}
+        self.epoch_skipped: dict[str, set[str]] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -238,21 +298,51 @@ class SegDataModule(pl.LightningDataModule):
         if self.generate is not None:
             self.generate()
 
+    def available_splits(self) -> list[str] | None:
+        """The split names the dataset has on disk (None: its format cannot tell)."""
+        finder = getattr(getattr(self.dataset_factory, "func", None), "find_splits", None)
+        if finder is None:
+            return None
+        return finder(**getattr(self.dataset_factory, "keywords", {}))
+
+    def split_name(self, stage_key: str) -> str:
+        """The dataset's split for ``train``/``val``/``test``; resolves ``test_split: null``."""
+        split = self.splits[stage_key]
+        if split is None and stage_key == "test":
+            found = self.available_splits()
+            if found is None or "test" in found:
+                split = "test"
+            else:
+                split = self.splits["val"]
+                trainer = getattr(self, "trainer", None)
+                if trainer is None or trainer.is_global_zero:
+                    print(
+                        f"data: no 'test' split in {self.root or 'the dataset'} (found: "
+                        f"{', '.join(found) or 'none'}); testing on '{split}' instead. "
+                        "Set data.test_split to choose.",
+                        flush=True,
+                    )
+            self.splits["test"] = split
+        return split
+
     def raw_dataset(self, stage_key: str, strict: bool = True) -> SegDataset:
         """The dataset of one stage (``train``/``val``/``test``) without transforms, for tools."""
-        return self.dataset_factory(split=self.splits[stage_key], transform=None, strict=strict)
+        return self.dataset_factory(split=self.split_name(stage_key), transform=None, strict=strict)
 
     def _build(self, stage_key: str, transforms: Sequence[Any]) -> SegDataset:
-        split = self.splits[stage_key]
+        split = self.split_name(stage_key)
         transform = build_transform(transforms, self.mean, self.std)
         dataset = self.dataset_factory(split=split, transform=transform)
         if len(dataset) == 0:
             raise DataError(
                 f"split '{split}' ({self.root or type(dataset).__name__}) is empty: an empty split "
                 f"would train or evaluate on nothing. Add samples, or point data.{stage_key}_split "
-                "at a split that has them."
+                "at a split that has them.",
+                kind="empty split",
             )
-        check_sample(dataset, 0, self.num_classes, self.ignore_index)
+        dataset.expect(self.num_classes, self.ignore_index, self.on_bad_sample)
+        if self.on_bad_sample == "raise":  # fail before the first step, not in a worker
+            check_sample(dataset, 0, self.num_classes, self.ignore_index)
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -265,6 +355,25 @@ class SegDataModule(pl.LightningDataModule):
         }[stage]
         for key in wanted:
             self.setup_split(key)
+        trainer = getattr(self, "trainer", None)
+        if (
+            self.on_bad_sample == "skip"
+            and trainer is not None
+            and not any(isinstance(c, SkippedSamples) for c in trainer.callbacks)
+        ):
+            trainer.callbacks.append(SkippedSamples(self))
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Take the skipped samples' messages out of the batch (data.on_bad_sample=skip)."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            messages = batch.pop("skipped")
+            trainer = getattr(self, "trainer", None)
+            running = getattr(getattr(getattr(trainer, "state", None), "stage", None), "value", "")
+            stage = {"train": "train", "test": "test"}.get(running, "val")
+            seen = self.skipped.setdefault(stage, [])
+            seen += [m for m in messages if m not in seen]
+            self.epoch_skipped.setdefault(stage, set()).update(messages)
+        return batch
 
     def setup_split(self, key: str) -> SegDataset:
         """Build (once) and check the dataset of one stage: ``train``, ``val`` or ``test``."""

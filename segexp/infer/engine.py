@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segexp.data.viz import denormalize
 from segexp.errors import UserError
 
 Postprocess = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -160,14 +161,6 @@ class Inference:
         )
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(B, 3, H, W) normalised float -> (B, H, W, 3) uint8, undoing ``Normalize(mean, std)``."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    pixels = (images.float() * std_t + mean_t) * 255.0
-    return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def apply_postprocess(
     postprocess: Postprocess,
     images: torch.Tensor,
@@ -193,24 +186,3 @@ def apply_postprocess(
             )
         out.append(result.astype(np.float32, copy=False))
     return torch.from_numpy(np.stack(out)).to(probs.device)
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """Distinct RGB colours per class (the PASCAL VOC bit pattern): (num_classes, 3) uint8."""
-    palette = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        label, r, g, b = index, 0, 0, 0
-        for bit in range(8):
-            r |= ((label >> 0) & 1) << (7 - bit)
-            g |= ((label >> 1) & 1) << (7 - bit)
-            b |= ((label >> 2) & 1) << (7 - bit)
-            label >>= 3
-        palette[index] = (r, g, b)
-    return palette
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend the class colours over the image: (H, W, 3) uint8."""
-    colours = palette[mask].astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(blended.round(), 0, 255).astype(np.uint8)

@@ -1,4 +1,5 @@
-"""Evaluation reports: the metric table, the confusion matrix as CSV and as a PNG plot."""
+"""Metric reports: the one metric table (train.py's summary, evaluate.py's report), the
+confusion matrix as CSV and as a PNG plot."""
 
 from __future__ import annotations
 
@@ -32,12 +33,21 @@ def format_report(
     stage: str,
     confmat: np.ndarray | None = None,
 ) -> str:
-    """The summary figures, then one row per class (IoU, accuracy, Dice, target pixels)."""
+    """The summary figures, then one row per class (IoU, accuracy, Dice, target pixels).
+
+    The class rows are left out when ``metrics`` has no per-class score and no ``confmat``
+    is given.
+    """
     lines = [f"{'metric':<30} {'key':<18} {'value':>8}"]
     for key in (*SUMMARY_KEYS, "loss"):
         name = f"{stage}/{key}"
         if name in metrics:
             lines.append(f"{SUMMARY_LABELS[key]:<30} {name:<18} {_fmt(metrics[name]):>8}")
+    per_class = any(
+        f"{stage}/{key}/{name}" in metrics for key in PER_CLASS_KEYS for name in class_names
+    )
+    if confmat is None and not per_class:
+        return "\n".join(lines)
     width = max([5, *(len(n) for n in class_names)])
     header = f"{'class':<{width}} " + " ".join(f"{k:>8}" for k in ("IoU", "acc", "Dice"))
     if confmat is not None:
@@ -55,6 +65,19 @@ def format_report(
             "(n/a: the class is in neither prediction nor target (IoU, Dice) or not in the target (acc))"
         )
     return "\n".join(lines)
+
+
+def print_summary(
+    metrics: Mapping[str, float], run_dir: str | os.PathLike, class_names: Sequence[str], stage: str
+) -> None:
+    """train.py's closing words: the metric table, then where the run's files are."""
+    run_dir = Path(run_dir).resolve()
+    print("\n" + format_report(metrics, class_names, stage))
+    print(f"\nrun folder: {run_dir}")
+    print(f"metrics:    {run_dir / 'metrics.json'}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        print(f"checkpoint: {last}")
 
 
 def write_confusion_csv(

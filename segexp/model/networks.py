@@ -34,10 +34,36 @@ def build_model(
 ) -> nn.Module:
     """A segmentation network: ``arch`` is ``fcn`` or any name ``smp.create_model`` accepts.
 
-    ``encoder_weights`` defaults to None so nothing downloads; "imagenet" is opt-in.
+    ``encoder_weights`` defaults to None so nothing downloads; "imagenet" (or any name smp /
+    timm offer) is opt-in, read from the weights directory first, then from smp / timm's
+    caches or a download (``segexp.model.pretrained``, ``python -m segexp.weights fetch``).
     Extra keyword arguments go to the architecture (e.g. ``decoder_channels``,
     ``encoder_output_stride``, FCN's ``variant``).
     """
+    if encoder_weights is not None:
+        from segexp.model.pretrained import build_with_encoder_weights
+
+        return build_with_encoder_weights(
+            _build_network,
+            arch,
+            encoder_name,
+            encoder_weights,
+            in_channels,
+            classes=classes,
+            **kwargs,
+        )
+    return _build_network(arch, encoder_name, None, in_channels, classes=classes, **kwargs)
+
+
+def _build_network(
+    arch: str,
+    encoder_name: str = "resnet18",
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    classes: int = 2,
+    **kwargs: Any,
+) -> nn.Module:
+    """``build_model`` with ``encoder_weights`` handed to smp / timm as they are."""
     import segmentation_models_pytorch as smp
 
     try:
@@ -253,11 +279,18 @@ class PadToMultiple(nn.Module):
     Args:
         net: the network.
         multiple: pad to this multiple; None infers it (``required_multiple``).
+        traceable: for export (``segexp.infer.export``): always pad, by index gathering
+            that picks reflect or replicate (as above) with tensor ops, so there is no
+            Python branch on the input size for a tracer to freeze and the exported graph
+            keeps dynamic sizes, small inputs included.
     """
 
-    def __init__(self, net: nn.Module, multiple: int | None = None) -> None:
+    def __init__(
+        self, net: nn.Module, multiple: int | None = None, traceable: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
+        self.traceable = bool(traceable)
         needed = required_multiple(net)
         if multiple is None:
             multiple = needed
@@ -269,11 +302,30 @@ class PadToMultiple(nn.Module):
         self.multiple = int(multiple)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h = (-height) % self.multiple
-        pad_w = (-width) % self.multiple
+        height, width = x.shape[-2], x.shape[-1]
+        # (m - h % m) % m rather than (-h) % m: the same pad, without a negative operand in
+        # an exported graph's shape arithmetic.
+        pad_h = (self.multiple - height % self.multiple) % self.multiple
+        pad_w = (self.multiple - width % self.multiple) % self.multiple
+        if self.traceable:
+            zero = torch.zeros((), dtype=torch.long, device=x.device)  # sizes as tensors
+            small = ((zero + pad_h) >= height) | ((zero + pad_w) >= width)
+            x = x.index_select(-2, _pad_index(height, pad_h, small, x.device))
+            x = x.index_select(-1, _pad_index(width, pad_w, small, x.device))
+            return self.net(x)[..., :height, :width]
         if pad_h == 0 and pad_w == 0:
             return self.net(x)
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        small = pad_h >= height or pad_w >= width
+        mode = "replicate" if small else "reflect"
         x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         return self.net(x)[..., :height, :width]
+
+
+def _pad_index(size, pad, small: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Indices that pad an axis of ``size`` by ``pad`` at its end, as F.pad's reflect (or
+    replicate where ``small``) does; tensor ops only, so a traced graph keeps sizes dynamic."""
+    index = torch.arange(size + pad, device=device)
+    inside = index < size
+    reflect = torch.where(inside, index, 2 * (size - 1) - index)
+    replicate = torch.where(inside, index, torch.zeros_like(index) + (size - 1))
+    return torch.where(small, replicate, reflect)

@@ -8,67 +8,238 @@ Trust model. A checkpoint is data, but two things in a ``.ckpt`` could run code:
    writes only such types, so its own checkpoints always load that way.
 2. Config: the model config travels inside (``hyper_parameters``, ``run_config``)
    and is built with ``hydra.utils.instantiate``, which calls whatever ``_target_``
-   names. ``load_module`` first checks every ``_target_`` against
-   ``TRUSTED_TARGETS`` (segexp, torch.nn/optim, smp, albumentations, Lightning)
-   and refuses anything else (``os.system``, ``subprocess.run``, ...).
+   names. ``check_trusted`` resolves every ``_target_`` to the object it names the
+   way Hydra does (import the module part, ``getattr`` the rest) without calling
+   anything, and accepts it only if that very object (``is``) is one of
+   ``allowed_callables()``: segexp's builders, losses, data module and datasets,
+   albumentations transforms, torch optimizers and losses, smp architectures. A
+   name is never trusted for its prefix: ``segexp.run.checkpoint.os.system`` names
+   ``os.system`` and is refused. A target whose top-level module is not one of
+   ``KNOWN_PACKAGES`` is refused before anything is imported. Also refused:
+   non-string targets, ``_args_``, ``_recursive_``, ``_convert_`` and any other
+   underscore key, and ``${...}`` interpolations (a resolver such as ``oc.decode``
+   could build a ``_target_`` the check never saw).
 
 So loading a checkpoint from someone else cannot run code beyond those
-libraries' constructors. It can still hold bad weights: evaluate before you rely
-on it. Extend ``TRUSTED_TARGETS`` only for code you trust.
+constructors. It can still hold bad weights: evaluate before you rely on it. To
+load a checkpoint that builds your own code, ``allow_callable(obj)`` first, and
+only for code and files you trust.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from segexp.errors import UserError
 
-# Module prefixes a checkpoint's configs may instantiate (see the trust model above).
-TRUSTED_TARGETS = (
-    "segexp.",
-    "torch.nn.",
-    "torch.optim.",
-    "segmentation_models_pytorch.",
-    "albumentations.",
-    "pytorch_lightning.",
-    "lightning.pytorch.",
+# Top-level modules a checkpoint's ``_target_`` may name; any other is refused unimported.
+KNOWN_PACKAGES = frozenset({"segexp", "torch", "segmentation_models_pytorch", "albumentations"})
+# Hydra keys a checkpoint's config may use; every other ``_name_`` key is refused.
+HYDRA_KEYS = frozenset({"_target_", "_partial_"})
+# Arguments that name a class by dotted path (``build_optimizer`` imports it itself).
+DOTTED_PATH_ARGS = frozenset({"optimizer_class"})
+# albumentations transforms that take callables or read files; never built from a checkpoint.
+UNSAFE_TRANSFORMS = frozenset(
+    {
+        "Lambda",
+        "FDA",
+        "HistogramMatching",
+        "PixelDistributionAdaptation",
+        "TemplateTransform",
+        "TextImage",
+        "OverlayElements",
+        "Mosaic",
+        "Equalize",
+    }
 )
+_EXTRA_ALLOWED: list[Any] = []
+_EXTRA_PACKAGES: set[str] = set()  # the top-level modules of allow_callable's objects
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, untrusted, or does not fit the config."""
 
 
-def untrusted_targets(node: Any, key: str = "") -> list[str]:
-    """``key=_target_`` for every ``_target_`` in a nested config outside TRUSTED_TARGETS."""
-    found = []
-    if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith(TRUSTED_TARGETS):
-            found.append(f"{key or '<root>'}._target_={target}")
-        for name, value in node.items():
-            found += untrusted_targets(value, f"{key}.{name}" if key else str(name))
-    elif isinstance(node, (list, tuple)):
+class _Refused(Exception):
+    """Why one ``_target_`` is not trusted (becomes part of a CheckpointError)."""
+
+
+def allow_callable(obj: Callable[..., Any]) -> None:
+    """Trust ``obj`` as a ``_target_`` in checkpoints (your own model or loss); only for code
+    you trust, since any checkpoint that names it will call it."""
+    if not callable(obj):
+        raise TypeError(f"allow_callable needs a class or function, got {obj!r}")
+    _EXTRA_ALLOWED.append(obj)
+    _EXTRA_PACKAGES.add(str(getattr(obj, "__module__", "") or "").split(".")[0])
+    allowed_callables.cache_clear()
+
+
+def _classes(module: ModuleType, base: type, skip: frozenset[str] = frozenset()) -> list[type]:
+    return [
+        value
+        for name, value in vars(module).items()
+        if inspect.isclass(value) and issubclass(value, base) and name not in skip
+    ]
+
+
+@functools.cache
+def allowed_callables() -> dict[int, Any]:
+    """``id -> object`` of every callable a checkpoint's config may name (compared with ``is``)."""
+    import albumentations
+    import segmentation_models_pytorch as smp
+    import torch
+    from albumentations.core.transforms_interface import BasicTransform
+
+    from segexp.data import datasets, shapes
+    from segexp.data.datamodule import SegDataModule
+    from segexp.model import losses, networks, optim
+
+    allowed: list[Any] = [
+        networks.build_model,
+        networks.FCN,
+        optim.build_optimizer,
+        optim.poly,
+        optim.cosine,
+        optim.onecycle,
+        losses.CrossEntropyLoss,
+        losses.DiceLoss,
+        losses.TverskyLoss,
+        losses.FocalLoss,
+        losses.LovaszSoftmaxLoss,
+        losses.WeightedSum,
+        SegDataModule,
+        datasets.FolderDataset,
+        datasets.VOCDataset,
+        datasets.COCODataset,
+        datasets.CityscapesDataset,
+        datasets.ADE20KDataset,
+        shapes.generate_shapes,
+        *smp.MODEL_ARCHITECTURES_MAPPING.values(),
+        *_classes(albumentations, BasicTransform, UNSAFE_TRANSFORMS),
+        *_classes(torch.optim, torch.optim.Optimizer, frozenset({"Optimizer"})),
+        *_classes(torch.nn, torch.nn.modules.loss._Loss),
+        *_EXTRA_ALLOWED,
+    ]
+    return {id(obj): obj for obj in allowed}
+
+
+def resolve_target(target: str) -> Any:
+    """The object a dotted ``_target_`` names, found as Hydra finds it, without calling it.
+
+    Raises _Refused for a module outside KNOWN_PACKAGES (before importing it) or a
+    name that does not resolve.
+    """
+    parts = target.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise _Refused("it is not a dotted Python name")
+    if parts[0] not in KNOWN_PACKAGES and parts[0] not in _EXTRA_PACKAGES:
+        raise _Refused(
+            f"module {parts[0]!r} is not one segexp builds checkpoints from "
+            f"({', '.join(sorted(KNOWN_PACKAGES))})"
+        )
+    try:
+        obj: Any = importlib.import_module(parts[0])
+        for position in range(1, len(parts)):
+            try:
+                obj = getattr(obj, parts[position])
+            except AttributeError:
+                if not isinstance(obj, ModuleType):
+                    raise
+                obj = importlib.import_module(".".join(parts[: position + 1]))
+    except Exception as error:  # ImportError, AttributeError, or an import that fails oddly
+        raise _Refused(f"it does not resolve ({type(error).__name__}: {error})") from None
+    return obj
+
+
+def _describe_object(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{module}.{name}" if module and name else type(obj).__name__
+
+
+def _check_target(target: Any, allowed: Mapping[int, Any]) -> None:
+    if not isinstance(target, str):
+        raise _Refused(f"a _target_ must be a dotted name, not a {type(target).__name__}")
+    obj = resolve_target(target)
+    if allowed.get(id(obj)) is not obj:
+        raise _Refused(
+            f"it names {_describe_object(obj)}, which is not one of the callables segexp builds "
+            "from a checkpoint (model builders, losses, optimizers and schedulers, the data module, "
+            "datasets, albumentations transforms)"
+        )
+
+
+def _problems(node: Any, key: str, allowed: Mapping[int, Any]) -> Iterator[str]:
+    """``key: why`` for everything in a nested config that instantiating it could misuse."""
+    if isinstance(node, str):
+        if "${" in node:
+            yield f"{key}={node!r}: an interpolation, which could build code when resolved"
+        return
+    if isinstance(node, (list, tuple)):
         for position, value in enumerate(node):
-            found += untrusted_targets(value, f"{key}[{position}]")
-    return found
+            yield from _problems(value, f"{key}[{position}]", allowed)
+        return
+    if not isinstance(node, Mapping):
+        return
+    for name, value in node.items():
+        path = f"{key}.{name}" if key else str(name)
+        if not isinstance(name, str):
+            yield f"{path}: a non-string key"
+            continue
+        if "${" in name:
+            yield f"{path}: an interpolation in a key"
+        elif name == "_target_":
+            try:
+                _check_target(value, allowed)
+            except _Refused as why:
+                yield f"{path}={value!r}: {why}"
+        elif name == "_partial_":
+            if not isinstance(value, bool):
+                yield f"{path}={value!r}: _partial_ must be true or false"
+            elif "_target_" not in node:
+                yield f"{path}: _partial_ without a _target_"
+        elif name.startswith("_") and name.endswith("_"):
+            yield (
+                f"{path}: Hydra's {name} is not used by segexp configs and could change what "
+                "gets called"
+            )
+        elif name in DOTTED_PATH_ARGS and "_target_" in node:
+            try:
+                _check_target(value, allowed)
+            except _Refused as why:
+                yield f"{path}={value!r}: {why}"
+        yield from _problems(value, path, allowed)
+
+
+def untrusted_targets(node: Any, key: str = "") -> list[str]:
+    """Every problem (``key: why``) in a nested config that would make instantiating it unsafe."""
+    return list(_problems(node, key, allowed_callables()))
 
 
 def check_trusted(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose configs would instantiate code outside TRUSTED_TARGETS."""
-    bad = untrusted_targets(checkpoint.get("hyper_parameters") or {})
+    """Refuse a checkpoint whose configs would instantiate anything but ``allowed_callables()``."""
+    bad = untrusted_targets(checkpoint.get("hyper_parameters") or {}, "hyper_parameters")
     # Of the run's full config, only the dataset is ever built from a checkpoint (evaluate.py).
     run_config = checkpoint.get("run_config") or {}
-    bad += untrusted_targets(run_config.get("data") or {}, "run_config.data")
+    if not isinstance(run_config, Mapping):
+        bad.append(f"run_config: a {type(run_config).__name__}, not a config")
+    else:
+        bad += untrusted_targets(run_config.get("data") or {}, "run_config.data")
     if bad:
+        listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(
-            f"ckpt_path={path} asks to build {', '.join(bad[:5])}, outside the trusted modules "
-            f"({', '.join(p.rstrip('.') for p in TRUSTED_TARGETS)}); refusing to run it, since a "
-            "checkpoint from an untrusted source could run any code this way. If you wrote this "
-            "code and trust the file, add its module to segexp.run.checkpoint.TRUSTED_TARGETS."
+            f"ckpt_path={path} is untrusted: its config asks to build\n  {listed}\n"
+            "Refusing to load it, since a checkpoint from an untrusted source could run any code "
+            "this way. Use a checkpoint written by segexp's train.py; if the file is yours and "
+            "builds your own code, call segexp.run.checkpoint.allow_callable(<class or function>) "
+            "before loading it."
         )
 
 
@@ -168,10 +339,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_module(path: str | os.PathLike, map_location: str = "cpu"):
     """Rebuild the SegModule a checkpoint was saved from (its model config travels inside)."""
     from segexp.model.module import SegModule
+    from segexp.model.pretrained import skip_encoder_weights
 
     checkpoint = read_checkpoint(path)
     check_trusted(checkpoint, path)
-    module = SegModule(**checkpoint["hyper_parameters"])
+    with skip_encoder_weights():  # the checkpoint's weights replace them: no lookup, no download
+        module = SegModule(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     return module.to(map_location)

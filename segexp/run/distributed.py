@@ -11,12 +11,14 @@ train.py wraps each Hydra job in :func:`distributed_job`. What it fixes:
   folder; after the job we destroy the process group and restore the DDP variables
   (``LOCAL_RANK``, ``WORLD_SIZE``, ...), or Lightning would take the next job for a
   child process and wait forever for its peers.
-- **SLURM requeue.** Under SLURM Lightning's ``SLURMEnvironment`` (auto-detected,
-  ``auto_requeue=True``) saves ``hpc_ckpt_<n>.ckpt`` in the run folder and calls
-  ``scontrol requeue`` when the time-limit signal arrives (``hydra/launcher=slurm``
-  sends SIGUSR1 ``signal_delay_s`` before the limit). The requeued job re-runs the
-  same submitit pickle, so the same overrides and the same run folder; there we
-  resume from the newest of ``checkpoints/last.ckpt`` and ``hpc_ckpt_<n>.ckpt``.
+- **SLURM requeue.** ``hydra/launcher=slurm`` has SLURM send SIGUSR1 ``signal_delay_s``
+  before the time limit; ``segexp.run.signals.SignalCheckpoint`` then saves
+  ``checkpoints/last.ckpt`` at the next safe point on every rank and rank 0 calls
+  ``scontrol requeue`` (Lightning's own auto-requeue is switched off). The requeued
+  job re-runs the same submitit pickle, so the same overrides and the same run folder
+  (its ``unique_dir`` name comes from the pickled config); there we resume from the
+  newest of ``checkpoints/last.ckpt`` and ``hpc_ckpt_<n>.ckpt`` (Lightning's name, left
+  by runs of older versions).
 - **LR scaling.** ``data.batch_size`` is per device, so the effective batch is
   ``batch_size * devices * num_nodes``; ``lr_scaling=linear`` (or ``sqrt``)
   multiplies ``optimizer.lr`` by that world size (or its square root).
@@ -106,12 +108,15 @@ def slurm_restart_count() -> int:
 
 
 def resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint a restarted job continues from: ``checkpoints/last.ckpt`` or
-    Lightning's ``hpc_ckpt_<n>.ckpt`` (written when the requeue signal arrived), or None."""
-    run_dir = Path(run_dir)
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+    """The newest checkpoint that loads, which a restarted job continues from: ``checkpoints/
+    last.ckpt``, ``best-*.ckpt`` or Lightning's ``hpc_ckpt_<n>.ckpt`` (written when the requeue
+    signal arrived), or None (see ``segexp.run.ckpt_io.choose_resume_checkpoint``)."""
+    from segexp.run.ckpt_io import choose_resume_checkpoint
+
+    choice = choose_resume_checkpoint(run_dir)
+    for path, why in choice.skipped:
+        log.warning("not resuming from %s: %s", path, why)
+    return choice.path
 
 
 def resume_after_requeue(cfg: DictConfig) -> Path | None:

@@ -140,6 +140,14 @@ def rewrite_argv(argv: Sequence[str], conf_dir: Path = CONF) -> list[str]:
     new.append(f"++{mode}={_quote(str(run_dir))}")
     if mode == "resume":
         new += [f"hydra.run.dir={_quote(str(run_dir))}", "hydra.output_subdir=null"]
+    else:
+        # The saved config has no hydra section, so a reproduction would fall back to Hydra's
+        # one-second folder names: give it the unique folders of conf/train.yaml.
+        given = {_split_override(a)[0] for a in rest if _is_override(a)}
+        new.append("+hydra.callbacks.unique_run_dirs._target_=segexp.run.rundir.UniqueRunDirs")
+        for key, root in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun")):
+            if key not in given:
+                new.append(f"{key}='${{unique_dir:{root}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}}}'")
     return new
 
 
@@ -150,11 +158,36 @@ def _wandb_entry(cfg: Any) -> Any | None:
     return None
 
 
+def resume_from(run_dir: Path) -> Path:
+    """The newest checkpoint of ``run_dir`` that loads (last, best-*, hpc_ckpt_*), said on stderr."""
+    import sys
+
+    from segexp.run.ckpt_io import choose_resume_checkpoint
+    from segexp.run.ranks import is_global_zero
+
+    choice = choose_resume_checkpoint(run_dir)
+    if choice.path is None and choice.skipped:
+        unreadable = "; ".join(f"{path}: {why}" for path, why in choice.skipped)
+        raise ReproduceError(
+            f"resume={run_dir}: none of its checkpoints loads ({unreadable}). Start it again "
+            f"with: python train.py reproduce={run_dir}"
+        )
+    if choice.path is None:
+        raise ReproduceError(
+            f"resume={run_dir}: there is no checkpoint in {run_dir / 'checkpoints'}; the run "
+            f"stopped before its first checkpoint. Start it again with: python train.py "
+            f"reproduce={run_dir}"
+        )
+    if is_global_zero():
+        print(f"segexp: resume={run_dir}: {choice.describe()}", file=sys.stderr, flush=True)
+    return choice.path
+
+
 def prepare_config(cfg: Any) -> Any:
     """Fill in what a reproduce/resume run needs; a no-op config change for other runs.
 
-    - resume: ``ckpt_path`` = ``<run>/checkpoints/last.ckpt`` (must exist) and the
-      W&B logger continues the run's W&B id;
+    - resume: ``ckpt_path`` = the run's newest checkpoint that loads (``resume_from``) and
+      the W&B logger continues the run's W&B id;
     - reproduce: the W&B logger starts a new W&B run;
     - every run with a W&B logger gets its id fixed up front and written to
       ``<run folder>/wandb_id.txt``, so a later resume finds it.
@@ -166,18 +199,13 @@ def prepare_config(cfg: Any) -> Any:
         if cfg.get("resume"):
             run_dir = Path(cfg.resume)
             last = run_dir / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                raise ReproduceError(
-                    f"resume={run_dir}: there is no {last}; the run stopped before its first "
-                    f"checkpoint. Start it again with: python train.py reproduce={run_dir}"
-                )
             if (run_dir / "metrics.json").is_file():  # written only when a run completes
                 raise ReproduceError(
                     f"resume={run_dir}: the run already finished (it has metrics.json); nothing "
                     f"to resume. To train it longer, start from its weights: python train.py "
                     f"ckpt_path={last} trainer.max_epochs=<more>; to re-run it: reproduce={run_dir}"
                 )
-            cfg.ckpt_path = str(last)
+            cfg.ckpt_path = str(resume_from(run_dir))
             if wandb is not None:
                 run_id = read_wandb_id(run_dir)
                 if run_id:

@@ -1,7 +1,17 @@
-"""What every run folder holds besides Hydra's config: metadata and final metrics.
+"""Run folders: a unique folder per run, and what it holds besides Hydra's config.
 
 Files are written atomically (temporary file + rename), so a crash never leaves
 a half-written ``metrics.json`` for later tools to choke on.
+
+Hydra names a run folder after the second it started (``outputs/<date>/<time>``),
+so two runs started in the same second would share one. The entry configs wrap
+that name in the ``unique_dir`` resolver (``${unique_dir:outputs/<date>/<time>}``),
+which creates the folder with an exclusive ``os.mkdir`` and, if another run got
+there first, takes ``<time>-1``, ``<time>-2``, ... instead. The ``UniqueRunDirs``
+Hydra callback registers the resolver in every process that composes the config
+(the script itself, a DDP child, a SLURM job unpickling its launcher).
+
+This module imports no torch at import time: ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,8 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from segexp.model.metrics import finite_or_none
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
+RUN_DIR_RESOLVER = "unique_dir"
 PACKAGES = (
     "segexp",
     "torch",
@@ -39,6 +51,50 @@ PACKAGES = (
 # thread-safe later on).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def claim_unique_dir(path: str) -> str:
+    """Create the folder ``path``, or ``path-1``, ``path-2``, ... if taken; return the one created.
+
+    ``os.mkdir`` is atomic: of several processes asking for the same ``path`` at once,
+    each gets a different folder.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = base, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = base.with_name(f"{base.name}-{number}")
+
+
+def register_run_dir_resolver() -> None:
+    """Make ``${unique_dir:PATH}`` available to OmegaConf (idempotent).
+
+    Cached per config (``use_cache``), and Hydra copies that cache into each multirun
+    job's config, so every reading of ``hydra.run.dir`` / ``hydra.sweep.dir`` in a
+    run gets the same folder instead of claiming a new one.
+    """
+    if not OmegaConf.has_resolver(RUN_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, claim_unique_dir, use_cache=True)
+
+
+class UniqueRunDirs(Callback):
+    """Hydra callback (``hydra.callbacks`` of the entry configs) that registers ``unique_dir``.
+
+    Hydra creates its callbacks after composing the config and before it reads the
+    run folder; a SLURM job unpickles them before it does, hence ``__setstate__``.
+    """
+
+    def __init__(self) -> None:
+        register_run_dir_resolver()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        register_run_dir_resolver()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -63,6 +119,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as JSON atomically; NaN becomes null (JSON has no NaN)."""
+    from segexp.model.metrics import finite_or_none
+
     if isinstance(data, dict):
         data = {key: finite_or_none(value) for key, value in data.items()}
     return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

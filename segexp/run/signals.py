@@ -4,7 +4,8 @@
   scheduler's warning signal) finish the current batch, save
   ``checkpoints/last.ckpt`` and exit with ``128 + signal number`` (143 for SIGTERM),
   so SLURM and CI see a failure and ``python train.py resume=<run folder>`` continues.
-  Lightning on its own exits 0 after SIGTERM.
+  Lightning on its own exits 0 after SIGTERM. Under SLURM, SIGUSR1 (the time-limit
+  warning) also requeues the job, which resumes in the same run folder.
 - ``FiniteLoss``: a NaN or infinite training loss stops the run before the
   backward pass (so no update and no checkpoint carries it) with an error that
   names the step and what to try; the last good ``last.ckpt`` stays.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,20 +50,36 @@ class NonFiniteLossError(FloatingPointError):
 class SignalCheckpoint(pl.Callback):
     """Turn a kill signal into: finish the batch, save ``last.ckpt``, exit non-zero.
 
-    A signal during an epoch's training batches takes effect after the current
-    batch (a mid-epoch checkpoint; ``ExactResume`` lets the resume continue the
-    epoch's data where it stopped); one that arrives during the last batch or
-    during validation takes effect at the end of the epoch, after validation.
+    The signal handler only records the signal: no checkpoint, collective or
+    subprocess runs inside it. Every rank acts on it at the same safe point, outside
+    any collective: after a training batch, or at the end of the epoch (after
+    validation and the epoch's checkpoints) for a signal that arrives during the last
+    batch or validation, or at the end of training. The ranks first agree (one of them
+    may not have been signalled), then all save the checkpoint together (rank 0 writes).
+    ``ExactResume`` lets a resume continue the epoch's data where it stopped.
     A second Ctrl+C interrupts at once (Lightning's KeyboardInterrupt handling, exit 1).
+
+    Under SLURM (Lightning's ``SLURMEnvironment`` detects the job), ``requeue_signal``
+    (SIGUSR1, what ``hydra/launcher=slurm`` asks SLURM to send before the time limit)
+    also requeues the job: after the checkpoint, rank 0 runs ``scontrol requeue`` and
+    all ranks exit; the requeued job resumes in the same run folder
+    (``segexp.run.distributed.resume_after_requeue``). Lightning's own auto-requeue
+    is switched off at ``setup``: it saves and requeues inside its signal handler, so
+    a rank inside a gradient all-reduce and one in the checkpoint barrier wait for
+    each other forever.
 
     Args:
         dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/`` folder).
         signals: names of the signals to handle.
+        requeue_signal: the signal that requeues a SLURM job; null: never requeue.
     """
 
-    def __init__(self, dirpath: str, signals: Sequence[str] = SIGNALS) -> None:
+    def __init__(
+        self, dirpath: str, signals: Sequence[str] = SIGNALS, requeue_signal: str | None = "SIGUSR1"
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
+        self.requeue_signal = getattr(signal, requeue_signal) if requeue_signal else None
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -78,12 +96,17 @@ class SignalCheckpoint(pl.Callback):
             file=sys.stderr,
             flush=True,
         )
-        previous = self._previous.get(signum)
-        # Keep a handler someone else registered for SIGUSR1 (Lightning's SLURM requeue).
-        if signum == signal.SIGUSR1 and callable(previous):
-            previous(signum, frame)
 
-    # Installed at train start: after Lightning registers its own SIGTERM handler
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Every save (this one, ModelCheckpoint's, SLURM's hpc_ckpt) atomic and fsynced, even
+        # with a config lacking trainer.plugins; drop temp files a SIGKILL left behind.
+        from segexp.run.ckpt_io import use_durable_io
+
+        use_durable_io(trainer, [self.dirpath, self.dirpath.parent])
+        if self.requeue_signal is not None:
+            disable_lightning_requeue(trainer)  # before Lightning registers its handlers
+
+    # All of them at train start: after Lightning registers its own SIGTERM handler
     # (which would otherwise stop the run mid-validation and exit 0).
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received = None
@@ -106,8 +129,16 @@ class SignalCheckpoint(pl.Callback):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         return received
 
+    def _agreed_signal(self, trainer: pl.Trainer) -> int:
+        # Ranks may hold different signals (or none): all must take the same decisions.
+        signum = self.received or 0
+        if trainer.world_size > 1:
+            value = torch.tensor(float(signum), device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(value, reduce_op="max").item())
+        return signum or signal.SIGTERM
+
     def _stop(self, trainer: pl.Trainer, where: str) -> None:
-        signum = self.received if self.received is not None else signal.SIGTERM
+        signum = self._agreed_signal(trainer)
         callback = trainer.checkpoint_callback
         path = str(self.ckpt_path)
         if (
@@ -121,13 +152,24 @@ class SignalCheckpoint(pl.Callback):
                 callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
             )
             callback.last_model_path = path
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
         run_dir = self.dirpath.parent
-        message = (
+        stopped = (
             f"segexp: stopped by {signal.Signals(signum).name} {where} (epoch {trainer.current_epoch}, "
-            f"step {trainer.global_step}); saved {path}. "
-            f"Continue with: python train.py resume={run_dir}"
+            f"step {trainer.global_step}); saved {path}."
         )
+        job_id = slurm_job_id() if signum == self.requeue_signal else None
+        requeued = False
+        if job_id is not None:
+            if trainer.is_global_zero:
+                requeued = requeue_slurm_job(job_id)
+            if trainer.world_size > 1:
+                # No rank may exit before the requeue: a job whose tasks all ended is over.
+                requeued = trainer.strategy.reduce_boolean_decision(requeued, all=False)
+        if requeued:
+            message = f"{stopped} Requeued SLURM job {job_id}; it resumes in {run_dir}."
+        else:
+            message = f"{stopped} Continue with: python train.py resume={run_dir}"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
         self._restore()
@@ -146,21 +188,61 @@ class SignalCheckpoint(pl.Callback):
             self._stop(trainer, "at the end of an epoch")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal after the last epoch's check: training is complete, but the run was
+        # asked to stop (or to requeue, which then runs the test), so it must not go on.
+        if self._pending(trainer):
+            self._stop(trainer, "after the last epoch")
         self._restore()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A signal after the last epoch's check: training is complete and last.ckpt saved,
-        # but the run was asked to stop, so it must not report success.
-        if self.received is not None:
-            signum = self.received
-            raise Interrupted(
-                signum, f"segexp: stopped by {signal.Signals(signum).name} after training"
-            )
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+
+
+def disable_lightning_requeue(trainer: pl.Trainer) -> None:
+    """Switch off the auto-requeue of Lightning's ``SLURMEnvironment`` (SignalCheckpoint requeues).
+
+    What ``plugins=[SLURMEnvironment(auto_requeue=False)]`` would do, for the environment
+    Lightning detected, so a config needs no SLURM-only trainer plugin.
+    """
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment):
+        environment.auto_requeue = False
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` takes for this SLURM job (``<array>_<task>`` in an array),
+    or None outside a SLURM-managed job (an interactive ``salloc`` shell does not count)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job:
+        return f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """``scontrol requeue <job_id>``; True when SLURM accepted it (a warning otherwise)."""
+    try:
+        result = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        print(f"segexp: could not requeue SLURM job {job_id}: {error}", file=sys.stderr)
+        return False
+    if result.returncode != 0:
+        print(
+            f"segexp: `scontrol requeue {job_id}` failed ({result.returncode}): "
+            f"{result.stderr.strip()}",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 class FiniteLoss(pl.Callback):

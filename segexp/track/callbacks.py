@@ -1,38 +1,44 @@
-"""Lightning callbacks that show what the network does, in W&B.
+"""Lightning callbacks that show what the network does: in the run folder and in every logger.
 
-``SegImageLogger`` logs a fixed set of validation images with their ground-truth
-and predicted masks (W&B mask overlays, class names on hover) every N epochs,
-then a per-class IoU table and the confusion matrix at the end of fit and test.
-It does nothing (and costs nothing) when no W&B logger is attached.
+``SegImageLogger`` follows a fixed set of validation images. Every N epochs it draws them
+as image | ground truth | prediction with a class legend (``segexp.track.pictures``) into
+``<run folder>/val/examples/epoch_NNN.png`` (NNN: Lightning's 0-based epoch, as in the
+checkpoint names) and sends the same grid to W&B (with interactive mask overlays),
+TensorBoard and MLflow, whichever are attached. At the end of fit it writes
+``curves.png`` (losses, val mIoU, learning rate per epoch) and ``val/confusion.{png,csv}``,
+at the end of test ``test/confusion.{png,csv}`` (``segexp.infer.report``, as evaluate.py),
+plus W&B's per-class IoU table and confusion matrix and TensorBoard's HPARAMS table.
+Rank 0 draws and writes; the other processes only take part in what needs them all.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from segexp.data.viz import denormalize
 from segexp.errors import UserError
-from segexp.model.metrics import confusion_scores
+from segexp.model.metrics import SUMMARY_KEYS, confusion_scores
+from segexp.track.pictures import EXAMPLES_SUBDIR as EXAMPLES_DIR
+
+__all__ = ["SegImageLogger", "class_labels", "denormalize", "find_wandb_logger", "per_class_rows"]
+
+CURVES_FILE = "curves.png"
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(B, 3, H, W) normalised float -> (B, H, W, 3) uint8 RGB, undoing the pipeline's normalisation.
-
-    ``mean``/``std`` are in [0, 1] units (the pipeline scales pixels by 1/255 first).
-    """
-    mean_t = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    rgb = (images.float().cpu() * std_t + mean_t).clamp(0, 1) * 255
-    return rgb.round().byte().permute(0, 2, 3, 1).numpy()
+def _loggers_of(trainer: pl.Trainer, kind: type) -> list[Any]:
+    return [lg for lg in trainer.loggers if isinstance(lg, kind)]
 
 
 def class_labels(class_names: Sequence[str], ignore_index: int | None) -> dict[int, str]:
@@ -62,19 +68,34 @@ def per_class_rows(confmat: torch.Tensor, class_names: Sequence[str]) -> list[li
     return rows
 
 
+def _value(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 class SegImageLogger(pl.Callback):
-    """Validation images with GT and predicted masks every ``every_n_epochs``; IoU table + confusion matrix at the end.
+    """Example images every ``every_n_epochs``; curves and confusion matrices at the end.
 
     Args:
         num_images: how many validation images to follow (the first ones of the
             validation loader, so the same images every time).
-        every_n_epochs: log the images after every n-th validation epoch, and after the last.
-        log_tables: log the per-class IoU table and the confusion matrix at the
-            end of fit (last validation) and of test.
+        every_n_epochs: draw them after every n-th validation epoch, and after the last.
+        log_tables: W&B's per-class IoU table and confusion matrix at the end of fit
+            (last validation) and of test.
+        pictures: the PNGs (and CSVs) in the run folder; false: only the loggers get images.
+        dirpath: the run folder (default: the trainer's ``default_root_dir``).
     """
 
     def __init__(
-        self, num_images: int = 4, every_n_epochs: int = 5, log_tables: bool = True
+        self,
+        num_images: int = 4,
+        every_n_epochs: int = 5,
+        log_tables: bool = True,
+        pictures: bool = True,
+        dirpath: str | None = None,
     ) -> None:
         super().__init__()
         if num_images < 0 or every_n_epochs < 1:
@@ -85,12 +106,26 @@ class SegImageLogger(pl.Callback):
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.log_tables = log_tables
+        self.pictures = pictures
+        self.dirpath = dirpath
         self._images: list[torch.Tensor] = []
         self._masks: list[torch.Tensor] = []
-        self._last_val_confmat: torch.Tensor | None = None
         self._logged_epoch: int | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # epoch -> {"train/loss", "val/loss", "val/mIoU", "lr"}: curves.png; kept in checkpoints.
+        self.history: dict[int, dict[str, float]] = {}
 
-    # -- the fixed images: collected once, from the first validation batches ---------------
+    # -- where, and for whom ------------------------------------------------------------------
+    def run_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.dirpath or trainer.default_root_dir)
+
+    def _wanted(self, trainer: pl.Trainer) -> bool:
+        """Whether anyone looks at the images: the run folder or an image-taking logger."""
+        return self.pictures or any(
+            isinstance(lg, (WandbLogger, TensorBoardLogger, MLFlowLogger)) for lg in trainer.loggers
+        )
+
+    # -- the fixed images: collected once, from the first validation batches -----------------
     def _have_images(self) -> int:
         return sum(len(batch) for batch in self._images)
 
@@ -106,7 +141,7 @@ class SegImageLogger(pl.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx != 0:
             return
         missing = self.num_images - self._have_images()
-        if missing > 0 and find_wandb_logger(trainer) is not None:
+        if missing > 0 and self._wanted(trainer):
             self._images.append(batch["image"][:missing].detach().cpu())
             self._masks.append(batch["mask"][:missing].detach().cpu())
 
@@ -116,28 +151,72 @@ class SegImageLogger(pl.Callback):
         return epoch % self.every_n_epochs == 0 or last
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = find_wandb_logger(trainer)  # the same on every rank (rank > 0 has a dummy run)
-        if trainer.sanity_checking or logger is None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if self.log_tables and "val" in getattr(pl_module, "confmats", {}):
-            # Callbacks run before the module's hook, which resets the matrix; every rank
-            # computes (it syncs under DDP), only rank 0 logs.
-            self._last_val_confmat = pl_module.confmats["val"].compute().detach().cpu()
-        if not trainer.is_global_zero or not self._images or not self._due(trainer):
-            return
-        self._log_images(trainer, pl_module, logger)
-        self._logged_epoch = trainer.current_epoch
+        if self._images and self._due(trainer):
+            self._show_examples(trainer, pl_module, trainer.current_epoch)
 
-    def _log_images(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, logger: WandbLogger
-    ) -> None:
-        import wandb
+    def render_examples(self, pl_module: pl.LightningModule, title: str = "") -> np.ndarray:
+        """The grid of the followed images with the module's current predictions."""
+        from segexp.track.pictures import example_grid
 
         images = torch.cat(self._images)
         masks = torch.cat(self._masks)
-        with torch.no_grad():
-            logits = pl_module(images.to(pl_module.device))
+        was_training = pl_module.training
+        pl_module.eval()  # BatchNorm must not update its statistics on these images
+        try:
+            with torch.no_grad():
+                logits = pl_module(images.to(pl_module.device))
+        finally:
+            pl_module.train(was_training)
         predictions = logits.argmax(dim=1).cpu()  # (B, C, H, W) -> (B, H, W)
+        hparams = pl_module.hparams
+        self._last = (images, masks, predictions)
+        rgb = denormalize(images, hparams.get("mean"), hparams.get("std"))
+        return example_grid(
+            rgb,
+            masks.numpy(),
+            predictions.numpy(),
+            list(pl_module.class_names),
+            hparams.get("ignore_index"),
+            title=title,
+        )
+
+    def _show_examples(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int
+    ) -> None:
+        from segexp.track.pictures import save_png
+
+        grid = self.render_examples(pl_module, title=f"validation, epoch {epoch}")
+        self._logged_epoch = epoch
+        path = None
+        if self.pictures:
+            path = save_png(grid, self.run_dir(trainer) / EXAMPLES_DIR / f"epoch_{epoch:03d}.png")
+        step = trainer.global_step
+        wandb_logger = find_wandb_logger(trainer)
+        if wandb_logger is not None:
+            self._log_wandb_images(trainer, pl_module, wandb_logger, grid, epoch)
+        for logger in _loggers_of(trainer, TensorBoardLogger):
+            logger.experiment.add_image("val/examples", grid, step, dataformats="HWC")
+        for logger in _loggers_of(trainer, MLFlowLogger):
+            if path is not None:
+                logger.experiment.log_artifact(logger.run_id, str(path), str(EXAMPLES_DIR))
+            else:
+                logger.experiment.log_image(
+                    logger.run_id, grid, artifact_file=f"{EXAMPLES_DIR}/epoch_{epoch:03d}.png"
+                )
+
+    def _log_wandb_images(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        logger: WandbLogger,
+        grid: np.ndarray,
+        epoch: int,
+    ) -> None:
+        import wandb
+
+        images, masks, predictions = self._last
         hparams = pl_module.hparams
         labels = class_labels(pl_module.class_names, hparams.get("ignore_index"))
         rgb = denormalize(images, hparams.get("mean"), hparams.get("std"))
@@ -154,21 +233,143 @@ class SegImageLogger(pl.Callback):
                         "class_labels": labels,
                     },
                 },
-                caption=f"val image {index}, epoch {trainer.current_epoch}",
+                caption=f"val image {index}, epoch {epoch}",
             )
             for index in range(len(rgb))
         ]
-        logger.experiment.log({"val/examples": entries, "trainer/global_step": trainer.global_step})
+        logger.experiment.log(
+            {
+                "val/examples": entries,  # interactive: masks toggled and classes named on hover
+                "val/examples_grid": wandb.Image(grid, caption=f"epoch {epoch}"),  # = the PNG
+                "trainer/global_step": trainer.global_step,
+            }
+        )
 
-    # -- tables at the end --------------------------------------------------------------------
-    def _log_tables(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, confmat: torch.Tensor, stage: str
+    # -- the curves: one row per epoch, from the metrics the module logged --------------------
+    def _record(self, epoch: int, **values: float | None) -> None:
+        row = self.history.setdefault(int(epoch), {})
+        row.update({key: value for key, value in values.items() if value is not None})
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics  # now holds this validation's figures
+        self._record(
+            trainer.current_epoch,
+            **{"val/loss": _value(metrics, "val/loss"), "val/mIoU": _value(metrics, "val/mIoU")},
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.optimizers:
+            self._record(
+                trainer.current_epoch, lr=float(trainer.optimizers[0].param_groups[0]["lr"])
+            )
+
+    def _record_train_loss(self, trainer: pl.Trainer, epoch: int) -> None:
+        # The epoch mean of train/loss reaches callback_metrics after on_train_epoch_end.
+        if epoch >= 0:
+            self._record(
+                epoch, **{"train/loss": _value(trainer.callback_metrics, "train/loss_epoch")}
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch - 1 in self.history:
+            self._record_train_loss(trainer, trainer.current_epoch - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {int(e): dict(row) for e, row in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {int(e): dict(row) for e, row in state_dict.get("history", {}).items()}
+
+    # -- the end of fit and test --------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last_epoch = trainer.current_epoch - 1  # fit has already moved past the last epoch
+        self._record_train_loss(trainer, last_epoch)
+        if not trainer.is_global_zero:
+            return
+        if self._images and self._logged_epoch != last_epoch and last_epoch >= 0:
+            # Training stopped before max_epochs (early stopping): show where it ended.
+            self._show_examples(trainer, pl_module, last_epoch)
+        run_dir = self.run_dir(trainer)
+        files = []
+        if self.pictures:
+            from segexp.track.pictures import plot_curves
+
+            files.append(plot_curves(self.history, run_dir / CURVES_FILE))
+        files += self._confusion(trainer, pl_module, "val")
+        self._log_mlflow_files(trainer, [f for f in files if f is not None])
+        self._tensorboard_hparams(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._log_mlflow_files(trainer, self._confusion(trainer, pl_module, "test"))
+
+    def _confusion(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> list[Path]:
+        """``<stage>/confusion.{csv,png}`` and W&B's tables, from the stage's last matrix."""
+        confmat = getattr(pl_module, "last_confmat", {}).get(stage)
+        if confmat is None:
+            return []
+        wandb_logger = find_wandb_logger(trainer)
+        if self.log_tables and wandb_logger is not None:
+            self._log_wandb_tables(trainer, pl_module, wandb_logger, confmat, stage)
+        if not self.pictures:
+            return []
+        from segexp.infer.report import plot_confusion, write_confusion_csv
+
+        names = list(pl_module.class_names)
+        folder = self.run_dir(trainer) / stage
+        matrix = confmat.cpu().numpy()
+        if stage == "val":
+            title = f"val, last epoch ({trainer.current_epoch - 1})"
+        else:
+            title = (
+                f"test: {Path(trainer.ckpt_path).name if trainer.ckpt_path else 'final weights'}"
+            )
+        return [
+            write_confusion_csv(matrix, names, folder / "confusion.csv"),
+            plot_confusion(matrix, names, folder / "confusion.png", title=title),
+        ]
+
+    @staticmethod
+    def _log_mlflow_files(trainer: pl.Trainer, files: Sequence[Path]) -> None:
+        root = Path(trainer.default_root_dir)
+        for logger in _loggers_of(trainer, MLFlowLogger):
+            for path in files:
+                try:
+                    folder = str(path.parent.relative_to(root))
+                except ValueError:
+                    folder = None
+                logger.experiment.log_artifact(
+                    logger.run_id, str(path), None if folder in (None, ".") else folder
+                )
+
+    @staticmethod
+    def _tensorboard_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """TensorBoard's HPARAMS table: the run's config and its headline metrics, val and test."""
+        loggers = _loggers_of(trainer, TensorBoardLogger)
+        if not loggers:
+            return
+        from segexp.track.loggers import tensorboard_hparams
+
+        params = getattr(pl_module, "run_config", None) or dict(pl_module.hparams)
+        names = [f"{stage}/{key}" for stage in ("val", "test") for key in (*SUMMARY_KEYS, "loss")]
+        names.append("train/loss_epoch")
+        for logger in loggers:
+            tensorboard_hparams(logger, params, names)
+
+    def _log_wandb_tables(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        logger: WandbLogger,
+        confmat: torch.Tensor,
+        stage: str,
     ) -> None:
         import wandb
 
-        logger = find_wandb_logger(trainer)
-        if logger is None or not trainer.is_global_zero:
-            return
         names = list(pl_module.class_names)
         iou_table = wandb.Table(
             columns=["class", "IoU", "accuracy", "target_pixels", "predicted_pixels"],
@@ -191,22 +392,3 @@ class SegImageLogger(pl.Callback):
                 "trainer/global_step": trainer.global_step,
             }
         )
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = find_wandb_logger(trainer)
-        last_epoch = trainer.current_epoch - 1  # fit has already moved past the last epoch
-        if logger and trainer.is_global_zero and self._images and self._logged_epoch != last_epoch:
-            # Training stopped before max_epochs (early stopping): show where it ended.
-            was_training = pl_module.training
-            pl_module.eval()  # BatchNorm must not update its statistics on these images
-            self._log_images(trainer, pl_module, logger)
-            pl_module.train(was_training)
-        if self.log_tables and self._last_val_confmat is not None:
-            self._log_tables(trainer, pl_module, self._last_val_confmat, "val")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if find_wandb_logger(trainer) is None:
-            return
-        if self.log_tables and "test" in getattr(pl_module, "confmats", {}):
-            confmat = pl_module.confmats["test"].compute().detach().cpu()
-            self._log_tables(trainer, pl_module, confmat, "test")

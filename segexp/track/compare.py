@@ -2,24 +2,31 @@
 
     python -m segexp.compare multirun/2026-11-27/18-40-00       # one sweep
     python -m segexp.compare outputs --metric test/mIoU --top-k 5 # every run under outputs/
+    python -m segexp.compare multirun/a multirun/b --html report.html  # several, one web page
 
 Prints a table of runs sorted by a metric, with the overridden parameters as
 columns, and writes beside it (or under ``--out``): ``compare.csv``,
 ``compare.md``, ``metric_vs_params.png`` (the metric against each parameter that
-varies) and ``learning_curves.png`` (the best k runs, from ``csv/metrics.csv``).
+varies) and ``learning_curves.png`` (the best k runs, from ``csv/metrics.csv``);
+with ``--html`` one self-contained page (``segexp.track.html``): the table sortable by
+any column, the differing overrides, per-class IoU side by side, the curves and the
+validation examples of the best k runs.
 A run folder is any folder with ``.hydra/config.yaml``; its numbers come from
 ``metrics.json`` and its parameters from ``.hydra/overrides.yaml``.
 
-``SweepSummary`` is a Hydra callback that does the same at the end of every multirun.
+``SweepSummary`` is a Hydra callback that does the same at the end of every multirun,
+``compare.html`` included.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,28 +55,29 @@ def find_runs(root: str | Path) -> list[Path]:
     )
 
 
-def _scalar(text: str) -> Any:
-    """'3' -> 3, '1e-3' -> 0.001 (YAML 1.1 would keep it a string), 'false' -> False, else the text."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return parsed if isinstance(parsed, (bool, str)) or parsed is None else text
-
-
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """['model=fpn', 'optimizer.lr=0.001', '+x=1'] -> {'model': 'fpn', 'optimizer.lr': 0.001, 'x': 1}."""
+    """['model=fpn', 'optimizer.lr=1e-3', '+x=1'] -> {'model': 'fpn', 'optimizer.lr': 0.001, 'x': 1}.
+
+    Values are typed by Hydra's own override parser, as the run saw them (``false`` ->
+    False, ``[1,2]`` -> [1, 2]); deletions (``~key``) carry no value and are left out; an
+    override the parser does not accept keeps its text.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     params: dict[str, Any] = {}
-    for override in overrides:
-        if "=" not in override:  # '~key' deletions carry no value
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # not Hydra syntax (hand-written file): key and text as written
+            if "=" in text:
+                key, value = text.split("=", 1)
+                params[key.lstrip("+~")] = value
             continue
-        key, value = override.split("=", 1)
-        params[key.lstrip("+~")] = _scalar(value)
+        if override.is_delete():
+            continue
+        key = override.get_key_element().lstrip("+~")
+        params[key] = text.split("=", 1)[1] if override.is_sweep_override() else override.value()
     return params
 
 
@@ -83,6 +91,8 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         status = "done"
     elif (run_dir / "error.txt").exists():
         status = "failed"
+    elif (run_dir / "pruned.txt").exists():  # stopped early by the Optuna pruner
+        status = "pruned"
     else:
         status = "incomplete"
     name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
@@ -258,25 +268,90 @@ def plot_learning_curves(
     return path
 
 
+# -- the web page ------------------------------------------------------------------------------
+MAX_CURVES = 10  # the page overlays the curves of at most this many runs (the best)
+
+
+def write_html(
+    path: Path,
+    runs: list[dict[str, Any]],
+    metric: str,
+    mode: str,
+    top_k: int,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    varying: Sequence[str],
+    common: dict[str, Any],
+    roots: Sequence[str | Path] = (),
+) -> Path:
+    """The self-contained comparison page (``segexp.track.html``), written atomically."""
+    from segexp.track.html import render_page
+
+    buffer = io.BytesIO()
+    scored = sum(1 for r in runs if _metric(r, metric) is not None)
+    curves = plot_learning_curves(runs, metric, buffer, min(max(scored, 1), MAX_CURVES), varying)
+    page = render_page(
+        title="segexp: " + ", ".join(str(r) for r in roots),
+        metric=metric,
+        mode=mode,
+        runs=runs,
+        columns=columns,
+        rows=rows,
+        varying=varying,
+        common=common,
+        curves_png=buffer.getvalue() if curves is not None else None,
+        top_k=top_k,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 # -- all of it --------------------------------------------------------------------------------
+def load_runs(roots: Sequence[str | Path]) -> tuple[Path, list[dict[str, Any]]]:
+    """(the folder run names are relative to, every run under ``roots``), each run once."""
+    roots = [Path(r) for r in roots]
+    if len(roots) == 1:
+        base = roots[0]
+    else:
+        base = Path(os.path.commonpath([r.resolve() for r in roots]))
+        roots = [r.resolve() for r in roots]
+    seen: set[Path] = set()
+    runs = []
+    for root in roots:
+        run_dirs = find_runs(root)
+        if not run_dirs:
+            raise UserError(f"compare: no run folders (with .hydra/config.yaml) under {root}")
+        for run_dir in run_dirs:
+            if run_dir.resolve() not in seen:
+                seen.add(run_dir.resolve())
+                runs.append(load_run(run_dir, base))
+    return base, runs
+
+
 def compare(
-    root: str | Path,
+    root: str | Path | Sequence[str | Path],
     metric: str = "val/mIoU",
     mode: str = "max",
     top_k: int = 3,
     out: str | Path | None = None,
     all_params: bool = False,
     plots: bool = True,
+    html: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Read every run under ``root``, write the table and plots to ``out`` (default: ``root``).
+    """Read every run under ``root`` (one folder or several), write the table and plots to
+    ``out`` (default: ``root``, or the folder that holds all of them) and, with ``html``,
+    the web page to that file.
 
     Returns {"markdown", "columns", "rows", "common", "files"}.
     """
-    root = Path(root)
-    run_dirs = find_runs(root)
-    if not run_dirs:
-        raise UserError(f"compare: no run folders (with .hydra/config.yaml) under {root}")
-    runs = sort_runs([load_run(d, root) for d in run_dirs], metric, mode)
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    if not roots:
+        raise UserError("compare: no folder given")
+    root, runs = load_runs(roots)
+    runs = sort_runs(runs, metric, mode)
     if not any(_metric(r, metric) is not None for r in runs):
         known = sorted({k for r in runs for k in r["metrics"]})
         log.warning(
@@ -305,6 +380,10 @@ def compare(
             )
             if p
         ]
+    if html:
+        files.append(
+            write_html(Path(html), runs, metric, mode, top_k, columns, rows, varying, common, roots)
+        )
     return {
         "markdown": markdown,
         "columns": columns,
@@ -319,20 +398,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m segexp.compare", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "root", help="a multirun sweep folder, outputs/, or any folder holding run folders"
+        "roots",
+        nargs="+",
+        metavar="root",
+        help="multirun sweep folders, outputs/, or any folders holding run folders",
     )
     parser.add_argument("--metric", default="val/mIoU", help="sort by this key of metrics.json")
     parser.add_argument("--mode", default="max", choices=("max", "min"))
     parser.add_argument("--top-k", type=int, default=3, help="learning curves of the best k runs")
-    parser.add_argument("--out", default=None, help="where to write the files (default: ROOT)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="where to write the files (default: ROOT, or the folder holding all ROOTs)",
+    )
+    parser.add_argument(
+        "--html", default=None, metavar="FILE", help="also write the comparison as one web page"
+    )
     parser.add_argument(
         "--all-params", action="store_true", help="also the overrides every run shares"
     )
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
-    result = compare(
-        args.root, args.metric, args.mode, args.top_k, args.out, args.all_params, not args.no_plots
-    )
+    from segexp.run.errors import exit_codes
+
+    with exit_codes():  # a missing or empty folder: one line and exit 2
+        result = compare(
+            args.roots,
+            args.metric,
+            args.mode,
+            args.top_k,
+            args.out,
+            args.all_params,
+            not args.no_plots,
+            args.html,
+        )
     print(result["markdown"])
     print("\nwrote: " + ", ".join(str(f) for f in result["files"]))
     return 0
@@ -347,19 +446,26 @@ except ImportError:  # hydra is a dependency; this only keeps `compare` usable w
 class SweepSummary(_HydraCallback):
     """Hydra callback: after a multirun, print and write the comparison of its jobs in the sweep folder."""
 
-    def __init__(self, top_k: int = 3, plots: bool = True) -> None:
+    def __init__(self, top_k: int = 3, plots: bool = True, html: bool = True) -> None:
         self.top_k = top_k
         self.plots = plots
+        self.html = html
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = config.get("optimized_metric") or "val/mIoU"
         try:
-            result = compare(sweep_dir, metric=metric, top_k=self.top_k, plots=self.plots)
+            result = compare(
+                sweep_dir,
+                metric=metric,
+                top_k=self.top_k,
+                plots=self.plots,
+                html=sweep_dir / "compare.html" if self.html else None,
+            )
         except Exception as error:  # a summary must never turn a finished sweep into a failure
             log.warning("sweep summary of %s failed: %s", sweep_dir, error)
             return
-        failed = sum(1 for row in result["rows"] if row[2] != "done")
+        failed = sum(1 for row in result["rows"] if row[2] not in ("done", "pruned"))
         log.info("sweep summary (%s):\n%s", sweep_dir / "compare.md", result["markdown"])
         if failed:
             log.warning(

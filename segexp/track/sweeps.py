@@ -1,14 +1,17 @@
-"""Sweep jobs: jobs that fail without ending the sweep.
+"""Sweep jobs: jobs that fail, or are pruned, without ending the sweep.
 
 A multirun (grid, Optuna or W&B agent) runs many jobs in one process. One job
 that diverges (NaN) or crashes must not take the other jobs down, and each job
-must tell the sweeper what it scored in a form the sweeper accepts.
+must tell the sweeper what it scored in a form the sweeper accepts. A job the
+Optuna pruner stopped (``segexp.track.pruning``) ends as pruned: ``pruned.txt`` in
+its folder, ``trial_state: pruned`` in its W&B summary, the study told by the job.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +20,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"
+PRUNED_FILE = "pruned.txt"
+
+
+def is_pruned(error: BaseException) -> bool:
+    """True for Optuna's ``TrialPruned`` (optuna is only looked up if something imported it)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
 
 
 def run_job(
@@ -24,12 +34,12 @@ def run_job(
 ) -> float | None:
     """Run ``train(cfg)`` as one sweep job and return ``cfg.optimized_metric``.
 
-    Returns None instead of NaN: the Optuna sweeper turns None into a failed
-    trial and goes on, whereas NaN makes optuna 2.x raise inside the sweeper and
-    end the whole study. Under multirun, an exception is logged, written to the
+    Returns None instead of NaN or a missing metric: the Optuna sweeper records a
+    failed trial and goes on. Under multirun, an exception is logged, written to the
     run folder (``error.txt``) and the job returns None, so the other jobs still
-    run; in a single run it propagates as usual. The W&B run is always finished,
-    so the next job of the sweep starts a run of its own.
+    run; in a single run it propagates as usual. A pruned trial (``TrialPruned``)
+    writes ``pruned.txt`` instead and returns None (the study already knows). The W&B
+    run is always finished, so the next job of the sweep starts a run of its own.
     """
     from segexp.run.job import hydra_context
     from segexp.track.loggers import finish_wandb
@@ -37,10 +47,18 @@ def run_job(
     if multirun is None:
         context = hydra_context()
         multirun = bool(context and context["multirun"])
+    state = "complete" if multirun else None  # W&B summary's trial_state, in sweeps only
     try:
         metrics = train(cfg)
-    except Exception:
-        finish_wandb(exit_code=1)
+    except Exception as error:
+        if is_pruned(error):
+            log.info("%s; the sweep goes on with the next job", error)
+            finish_wandb(state="pruned")
+            run_dir = Path(cfg.paths.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / PRUNED_FILE).write_text(f"{error}\n")
+            return None
+        finish_wandb(exit_code=1, state="failed" if multirun else None)
         if not multirun:
             raise
         log.exception("job failed; the sweep goes on with the next job")
@@ -48,8 +66,10 @@ def run_job(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
         return None
-    finish_wandb(metrics)
     value = metrics.get(cfg.optimized_metric)
+    if state and (value is None or not math.isfinite(value)):
+        state = "failed"
+    finish_wandb(metrics, state=state)
     if value is None or not math.isfinite(value):
         log.warning(
             "optimized_metric=%s is %s (known: %s); the sweeper records a failed trial",

@@ -61,6 +61,21 @@ class ADE20KDataset(SegDataset):
 
     class_names = list(ADE20K_CLASSES)
 
+    @classmethod
+    def defined_classes(cls, reduce_zero_label: bool = True, **kwargs: Any) -> list[str]:
+        return list(ADE20K_CLASSES) if reduce_zero_label else ["other", *ADE20K_CLASSES]
+
+    @classmethod
+    def find_splits(cls, root: str, **kwargs: Any) -> list[str]:
+        base = Path(root)
+        if (base / "ADEChallengeData2016").is_dir():
+            base = base / "ADEChallengeData2016"
+        images = base / "images"
+        if not images.is_dir():
+            return []
+        names = {folder: split for split, folder in SPLIT_DIRS.items()}
+        return sorted(names.get(p.name, p.name) for p in images.iterdir() if p.is_dir())
+
     def __init__(
         self,
         root: str,

@@ -43,6 +43,11 @@ class CityscapesDataset(SegDataset):
 
     class_names = [name for _, _, name in CITYSCAPES_TRAIN_IDS]
 
+    @classmethod
+    def find_splits(cls, root: str, **kwargs: Any) -> list[str]:
+        images = Path(root) / "leftImg8bit"
+        return sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+
     def __init__(
         self,
         root: str,

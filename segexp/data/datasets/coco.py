@@ -5,8 +5,10 @@
 
 Conversion rules (deterministic, the same every epoch and on every machine):
 - class ids are contiguous: 0 = background, then the chosen categories in the
-  order given (``categories``), or in COCO category-id order when all are used;
-  instances of categories not chosen are background;
+  order given (``categories``), or sorted by category id (not the file's order) when
+  all are used; instances of categories not chosen are background. When the file has
+  a category named ``background`` (also ``_background_``/``__background__``, any
+  case), that category is class 0 and keeps its name; no extra class is added;
 - polygons and RLE (compressed and uncompressed) are both decoded;
 - where instances overlap, the smaller one (by annotation ``area``) is drawn last
   and wins: it is usually the object in front (a cup on a table); ties go to the
@@ -40,6 +42,75 @@ VOC_CATEGORIES = (
     "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "couch",
     "train", "tv",
 )  # fmt: skip
+
+
+BACKGROUND_NAMES = ("background", "_background_", "__background__")
+
+
+def read_categories(json_path: Path) -> list[dict]:
+    """The ``categories`` list of a COCO annotation file.
+
+    Annotation files run to hundreds of MB while their categories take a few KB, at
+    the start or the end of the file: both ends are searched first, and only when that
+    fails is the whole file parsed.
+    """
+    try:
+        size = json_path.stat().st_size
+        with open(json_path, "rb") as handle:
+            head = handle.read(1 << 20)
+            handle.seek(max(size - (1 << 20), 0))
+            tail = handle.read()
+    except OSError as error:
+        raise DataError(f"{json_path}: cannot read the annotation JSON ({error}).") from error
+    decoder = json.JSONDecoder()
+    for chunk in (head, tail):
+        text = chunk.decode("utf-8", errors="replace")
+        start = text.find('"categories"')
+        while start >= 0:
+            colon = text.find(":", start + len('"categories"'))
+            bracket = text.find("[", colon)
+            if colon >= 0 and bracket >= 0 and not text[colon + 1 : bracket].strip():
+                try:
+                    found, _ = decoder.raw_decode(text, bracket)
+                except ValueError:
+                    found = None
+                if isinstance(found, list) and all(
+                    isinstance(c, dict) and "id" in c and "name" in c for c in found
+                ):
+                    return found
+            start = text.find('"categories"', start + 1)
+    try:
+        return list(json.loads(json_path.read_text())["categories"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"{json_path}: cannot read the annotation JSON's categories ({error}); a COCO "
+            'file has "categories": [{"id": 1, "name": "..."}, ...].'
+        ) from error
+
+
+def class_layout(
+    coco_categories: list[dict], categories: Any, json_path: Path
+) -> tuple[list[str], dict[int, int]]:
+    """(class names, {category id: class id}) under the rules in the module docstring."""
+    by_name = {c["name"]: c["id"] for c in coco_categories}
+    if categories is None:
+        chosen = [c["name"] for c in sorted(coco_categories, key=lambda c: c["id"])]
+    else:
+        chosen = list(VOC_CATEGORIES) if categories == "voc" else list(categories)
+        unknown = [name for name in chosen if name not in by_name]
+        if unknown:
+            raise DataError(
+                f"data.dataset.categories: {unknown} not in {json_path} "
+                f"(valid: {sorted(by_name)}, or 'voc', or null for all)."
+            )
+    background = next((n for n in chosen if str(n).lower() in BACKGROUND_NAMES), None)
+    if background is not None:
+        chosen = [n for n in chosen if n != background]
+    names = [background or "background", *chosen]
+    label_of = {by_name[name]: label for label, name in enumerate(chosen, start=1)}
+    if background is not None:
+        label_of[by_name[background]] = 0
+    return names, label_of
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -122,19 +193,7 @@ class COCODataset(SegDataset):
         except (OSError, ValueError) as error:
             raise DataError(f"{json_path}: cannot read the annotation JSON ({error}).") from error
 
-        by_name = {c["name"]: c["id"] for c in coco["categories"]}
-        if categories is None:
-            chosen = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
-        else:
-            chosen = list(VOC_CATEGORIES) if categories == "voc" else list(categories)
-            unknown = [name for name in chosen if name not in by_name]
-            if unknown:
-                raise DataError(
-                    f"data.dataset.categories: {unknown} not in {json_path} "
-                    f"(valid: {sorted(by_name)}, or 'voc', or null for all)."
-                )
-        self.class_names = ["background", *chosen]
-        label_of = {by_name[name]: label for label, name in enumerate(chosen, start=1)}
+        self.class_names, label_of = class_layout(coco["categories"], categories, json_path)
 
         stat = json_path.stat()
         key = json.dumps(
@@ -165,13 +224,45 @@ class COCODataset(SegDataset):
             image_path = images_dir / info["file_name"]
             if not image_path.is_file():
                 self.report(
-                    f"{image_path}: listed in {json_path} but missing; restore it or remove its entry."
+                    f"{image_path}: listed in {json_path} but missing; restore it or remove its entry.",
+                    kind="unreadable image",
                 )
                 continue
             self.samples.append(
                 (image_path, self.cache_dir / f"{Path(info['file_name']).stem}.png")
             )
             self.image_info.append((int(info["height"]), int(info["width"]), anns))
+
+    @classmethod
+    def defined_classes(
+        cls,
+        root: str,
+        split: str,
+        annotation_file: str = "annotations/instances_{split}.json",
+        categories: Any = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Background + the chosen categories of ``split``'s annotation file."""
+        json_path = Path(root) / annotation_file.format(split=split)
+        if categories is not None and categories != "voc" and not json_path.is_file():
+            return ["background", *categories]
+        if categories == "voc":
+            return ["background", *VOC_CATEGORIES]
+        if not json_path.is_file():
+            raise DataError(
+                f"data.root={root}: no annotation file {json_path}. COCO needs "
+                "root/annotations/instances_<split>.json and root/<split>/*.jpg; check data.root "
+                "and data.train_split (e.g. train2017)."
+            )
+        return class_layout(read_categories(json_path), categories, json_path)[0]
+
+    @classmethod
+    def find_splits(
+        cls, root: str, annotation_file: str = "annotations/instances_{split}.json", **kwargs: Any
+    ) -> list[str]:
+        prefix, _, suffix = annotation_file.partition("{split}")
+        found = Path(root).glob(f"{prefix}*{suffix}")
+        return sorted(str(p.relative_to(root))[len(prefix) : -len(suffix) or None] for p in found)
 
     def load_mask(self, index: int) -> np.ndarray:
         cache_path = Path(self.samples[index][1])

@@ -20,7 +20,22 @@ def read_class_names(root: Path) -> list[str] | None:
 
 class FolderDataset(SegDataset):
     """Any dataset in the layout ``root/images/<split>/<name>.(png|jpg)`` +
-    ``root/masks/<split>/<name>.png`` (+ optional ``root/classes.txt``)."""
+    ``root/masks/<split>/<name>.png`` (+ optional ``root/classes.txt``).
+
+    The classes are the lines of ``classes.txt`` (line i = class id i, background
+    included); the splits are the folders under ``root/images``.
+    """
+
+    @classmethod
+    def defined_classes(cls, root: str, **kwargs: Any) -> list[str] | None:
+        return read_class_names(Path(root))
+
+    @classmethod
+    def find_splits(cls, root: str, image_dir: str = "images", **kwargs: Any) -> list[str] | None:
+        images = Path(root) / image_dir
+        if not images.is_dir():
+            return []
+        return sorted(p.name for p in images.iterdir() if p.is_dir())
 
     def __init__(
         self,

@@ -55,6 +55,14 @@ class VOCDataset(SegDataset):
 
     class_names = list(VOC_CLASSES)
 
+    @classmethod
+    def find_splits(cls, root: str, sbd_root: str | None = None, **kwargs: Any) -> list[str]:
+        try:
+            lists = find_voc_root(Path(root)) / "ImageSets" / "Segmentation"
+        except DataError:
+            return []
+        return sorted(p.stem for p in lists.glob("*.txt")) + ([TRAIN_AUG] if sbd_root else [])
+
     def __init__(
         self,
         root: str,

@@ -1,0 +1,245 @@
+"""segexp's Optuna sweeper: search space, shared budget, stale trials, pruning, parallel workers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from segexp.track import study as studies
+from segexp.track.pruning import OptunaPruning
+from tests.conftest import REPO, TINY
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def new_study(tmp_path: Path, name: str = "s") -> optuna.Study:
+    storage = studies.open_storage(studies.storage_url(None, tmp_path))
+    return optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+
+def test_search_space_keeps_hydra_syntax() -> None:
+    distributions, fixed = studies.parse_search_space(
+        [
+            "model=choice(unet_small, fpn)",
+            "loss=ce,dice",
+            "data.batch_size=range(2, 9, 2)",  # stop excluded, as in Hydra and Python
+            "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "optimizer.weight_decay=interval(0.0, 0.1)",
+            "trainer.max_epochs=interval(1, 5)",  # Hydra's interval ends are floats
+            "seed=3",
+        ]
+    )
+    assert distributions == {
+        "model": CategoricalDistribution(["unet_small", "fpn"]),
+        "loss": CategoricalDistribution(["ce", "dice"]),
+        "data.batch_size": IntDistribution(2, 8, step=2),
+        "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "optimizer.weight_decay": FloatDistribution(0.0, 0.1),
+        "trainer.max_epochs": FloatDistribution(1.0, 5.0),
+    }
+    assert fixed == {"seed": "3"}
+    grid = {k: distributions[k] for k in ("model", "loss", "data.batch_size")}
+    assert studies.grid_size(grid) == 2 * 2 * 4
+    with pytest.raises(studies.StudyConfigError, match="optimizer.lr.*not discrete"):
+        studies.make_sampler("grid", 0, distributions)
+    with pytest.raises(studies.StudyConfigError, match="valid: median, hyperband, none"):
+        studies.make_pruner("asha")
+
+
+def test_storage_url(tmp_path: Path) -> None:
+    assert studies.storage_url(None, tmp_path) == str(tmp_path.resolve() / "optuna.journal")
+    assert studies.storage_url("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+    assert studies.storage_url("rel.journal", tmp_path) == str(Path("rel.journal").resolve())
+    with pytest.raises(studies.StudyConfigError, match="is a folder"):
+        studies.open_storage(str(tmp_path))
+
+
+def test_budget_counts_every_worker_and_drops_surplus(tmp_path: Path) -> None:
+    study = new_study(tmp_path)
+    for value in (0.1, 0.2):
+        study.tell(study.ask(), value)
+    study.tell(study.ask(), state=TrialState.FAIL)  # a crash or NaN: counts
+    running = study.ask()  # another worker's: counts
+    assert studies.trials_left(study.trials, 5) == 1
+    # Two workers both saw one slot left and both asked: the later trial is surplus.
+    first, second = study.ask(), study.ask()
+    assert not studies.is_surplus(study.trials, first.number, 5)
+    assert studies.is_surplus(study.trials, second.number, 5)
+    studies.drop_surplus(study, second)
+    assert studies.trials_left(study.trials, 5) == 0
+    assert studies.state_counts(study.trials) == {
+        "complete": 2,
+        "failed": 1,
+        "running": 2,
+        "surplus": 1,
+    }
+    assert running.number != first.number
+
+
+def test_stale_trial_is_interrupted_once_and_requeued(tmp_path: Path) -> None:
+    study = new_study(tmp_path)
+    dist = {"x": FloatDistribution(0.0, 1.0)}
+    alive, dead = study.ask(dist), study.ask(dist)
+    studies.stamp(study._storage, [alive._trial_id, dead._trial_id])
+    assert studies.fail_stale_trials(study, grace_period=60) == []
+    time.sleep(1.2)
+    studies.stamp(study._storage, [alive._trial_id])  # the other one's process is gone
+    other = optuna.load_study(
+        study_name="s", storage=studies.open_storage(studies.storage_url(None, tmp_path))
+    )
+    assert studies.fail_stale_trials(study, grace_period=1.0) == [dead.number]
+    assert studies.fail_stale_trials(other, grace_period=1.0) == []  # nobody fails it twice
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert not studies.counts_toward_budget(trials[dead.number])
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.user_attrs[studies.RETRY_OF_ATTR] == dead.number
+    retry = study.ask(dist)  # the queued parameters come first
+    assert retry.number == queued.number and retry.params == trials[dead.number].params
+
+
+def fake_trainer(epoch: int, value: float) -> SimpleNamespace:
+    return SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=epoch,
+        is_global_zero=True,
+        callback_metrics={"val/mIoU": value},
+        strategy=SimpleNamespace(broadcast=lambda x: x),
+        should_stop=False,
+    )
+
+
+def test_pruning_callback_reports_prunes_and_tells_the_study(tmp_path: Path) -> None:
+    study = new_study(tmp_path)
+    for _ in range(2):  # two finished trials that reached 0.5 after every epoch
+        trial = study.ask()
+        for step in (1, 2, 3):
+            trial.report(0.5, step)
+        study.tell(trial, 0.5)
+    number = study.ask().number  # the sweeper asked; the job re-attaches by number
+    url = studies.storage_url(None, tmp_path)
+    callback = OptunaPruning(url, "s", number, pruner="median", n_startup_trials=2, warmup_epochs=2)
+    callback.setup(fake_trainer(0, 0.0), None, "fit")
+    trainer = fake_trainer(0, 0.1)
+    callback.on_validation_end(trainer, None)  # epoch 1: below the median, but in warm-up
+    assert not trainer.should_stop
+    trainer = fake_trainer(1, 0.2)
+    callback.on_validation_end(trainer, None)  # epoch 2: its best is below: stop after it
+    assert trainer.should_stop and callback.pruned_at == (2, pytest.approx(0.2))
+    with pytest.raises(optuna.TrialPruned, match="pruned after epoch 2"):
+        callback.on_fit_end(trainer, None)
+    pruned = study.get_trials()[number]
+    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values == {1: 0.1, 2: 0.2}
+    # The same config reproduced later: the trial has finished, nothing is reported.
+    again = OptunaPruning(url, "s", number, pruner="median")
+    again.setup(fake_trainer(0, 0.0), None, "fit")
+    again.on_validation_end(fake_trainer(0, 0.0), None)
+    assert study.get_trials()[number].intermediate_values == {1: 0.1, 2: 0.2}
+    # No trial (a plain run): nothing to attach to.
+    idle = OptunaPruning(None, "s", None)
+    idle.setup(fake_trainer(0, 0.0), None, "fit")
+    idle.on_validation_end(fake_trainer(0, 0.0), None)
+
+
+# -- whole sweeps ----------------------------------------------------------------------------
+N_TRIALS = 5
+
+
+def sweep_command(sweep_dir: Path, journal: Path, data_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "train.py",
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={N_TRIALS}",
+        "~hydra.sweeper.params.model",  # keep the tiny default model
+        "hparams_search.pruner=none",
+        "hparams_search.heartbeat_interval=1",
+        "hparams_search.grace_period=4",
+        f"hparams_search.storage={journal}",
+        *TINY,
+        "test=false",
+        "callbacks.image_logger=null",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("a") as handle:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def finished_trials(sweep_dir: Path) -> set[str]:
+    return {p.parent.name for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute on a quiet 2-core machine
+def test_two_workers_share_one_study_and_a_killed_one_resumes(
+    tmp_path: Path, data_dir: Path, compose_cfg
+) -> None:
+    """Two sweeps on one journal file run N trials between them, none twice; one is killed
+    (SIGKILL) in the middle of a trial and started again: the study still ends with N
+    completed trials, the killed trial failed (interrupted) and its parameters re-run."""
+    from hydra.utils import instantiate
+
+    instantiate(compose_cfg().data.generate)()  # generated once, before two processes read it
+    journal = tmp_path / "study.journal"
+    dirs = {name: tmp_path / name for name in ("a", "b")}
+    logs = {name: tmp_path / f"{name}.log" for name in dirs}
+    procs = {
+        name: start(sweep_command(d, journal, data_dir), logs[name]) for name, d in dirs.items()
+    }
+    try:
+        # Kill A while its second trial trains (folder created, no metrics yet).
+        deadline = time.monotonic() + 600
+        killed = None
+        while killed is None:
+            assert procs["a"].poll() is None, logs["a"].read_text()[-3000:]
+            assert time.monotonic() < deadline, logs["a"].read_text()[-3000:]
+            started = sorted(p for p in dirs["a"].glob("[0-9]*") if p.is_dir())
+            running = [p for p in started if not (p / "metrics.json").exists()]
+            if len(started) >= 2 and running and (running[0] / ".hydra").is_dir():
+                killed = running[0].name
+                os.kill(procs["a"].pid, signal.SIGKILL)
+            time.sleep(0.2)
+        procs["a"].wait(timeout=30)
+        procs["a"] = start(sweep_command(dirs["a"], journal, data_dir), logs["a"])
+        for name, proc in procs.items():
+            assert proc.wait(timeout=600) == 0, logs[name].read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+    study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS, studies.state_counts(trials)
+    interrupted = trials[int(killed)]
+    assert interrupted.state == TrialState.FAIL
+    assert studies.INTERRUPTED_ATTR in interrupted.system_attrs
+    retries = [t for t in trials if t.user_attrs.get(studies.RETRY_OF_ATTR) == int(killed)]
+    assert len(retries) == 1 and retries[0].params == interrupted.params
+    # No trial ran twice: each completed trial has one folder with metrics, in one sweep folder.
+    done = {name: finished_trials(d) for name, d in dirs.items()}
+    assert not done["a"] & done["b"], done
+    assert done["a"] | done["b"] == {str(t.number) for t in complete}, done
+    assert done["a"] and done["b"], done  # both worked
+    for trial in complete:
+        folder = dirs["a" if str(trial.number) in done["a"] else "b"] / str(trial.number)
+        value = json.loads((folder / "metrics.json").read_text())["val/mIoU"]
+        assert math.isclose(value, trial.value, rel_tol=1e-6)
