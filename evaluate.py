@@ -13,6 +13,8 @@ and confusion.png in the run folder.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +30,16 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         resolve_num_classes(data_cfg, default=model.hparams.num_classes)
         return data_cfg
     if model.run_config and model.run_config.get("data"):
-        return OmegaConf.create(model.run_config["data"])
+        data_cfg = OmegaConf.create(model.run_config["data"])
+        generate = data_cfg.get("generate")
+        if generate is not None and generate.get("root"):
+            # A generated dataset is drawn again under this machine's data folder, never
+            # where a checkpoint from elsewhere says (it is data, not a place to write).
+            root = Path(cfg.paths.data_dir) / Path(str(generate.root)).name
+            generate.root = str(root)
+            if data_cfg.get("root") is not None:
+                data_cfg.root = str(root)
+        return data_cfg
     from segexp.errors import UserError
 
     raise UserError(

@@ -34,13 +34,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         merged_run_info,
         use_weights_dir,
     )
+    from segexp.run.budget import budget_callback
     from segexp.run.checkpoint import check_compatible
     from segexp.run.ranks import is_global_zero
+    from segexp.run.recipe import apply_recipe
     from segexp.run.rundir import write_json, write_metadata, write_text
     from segexp.run.validate import check_config
 
     # data.num_classes: null -> the dataset's own count, before the model reads ${data.num_classes}
     resolve_num_classes(cfg.data)
+    # budget=: steps and LR schedule planned to end in time; recipe=auto: choices from the
+    # data's statistics and the budget, written into the saved config (segexp/run/recipe.py)
+    budget = budget_callback(cfg)
+    apply_recipe(cfg, budget.budget_s if budget is not None else None)
     check_config(cfg)  # bad values fail here, before any data is read
     run_dir = Path(cfg.paths.output_dir)
     if is_global_zero():  # DDP children and SLURM tasks > 0 share rank 0's run folder
@@ -65,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for name, entry in (cfg.callbacks or {}).items()
         if entry and (loggers or name != "lr_monitor")  # LR monitor needs a logger
     ]
+    if budget is not None:
+        callbacks.append(budget)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
@@ -92,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         print_summary(metrics, run_dir, datamodule.class_names, stage="test" if cfg.test else "val")
+    if budget is not None and trainer.is_global_zero:
+        budget.record(run_dir)  # planned vs actual time and steps, in run_info.json
     return metrics
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
 
 from segexp.data.datamodule import SeededAugmentation, SeededSampler
@@ -91,7 +92,7 @@ def test_resume_keeps_the_wandb_run_id_and_points_at_last_ckpt(compose_cfg, tmp_
     with pytest.raises(ReproduceError, match="no .*last.ckpt.*reproduce="):
         prepare_config(resumed)
     (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}, "global_step": 1}, run / "checkpoints" / "last.ckpt")
     resumed = prepare_config(resumed)
     assert resumed.logger.wandb.id == run_id and resumed.logger.wandb.resume == "allow"
     assert resumed.ckpt_path == str(run / "checkpoints" / "last.ckpt")

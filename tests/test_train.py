@@ -44,6 +44,7 @@ def test_cli_train_then_evaluate(tmp_path):
         "evaluate.py",
         f"ckpt_path={ckpt}",
         "split=val",
+        f"paths.data_dir={data}",  # the generated data is found (or drawn) under paths.data_dir
         f"hydra.run.dir={out}",
         "trainer.accelerator=cpu",
     )

@@ -4,6 +4,11 @@
 module); ``scheduler/`` configs point at :func:`poly`, :func:`cosine` or
 :func:`onecycle` (partials taking the optimizer and the total number of
 optimisation steps, ``trainer.estimated_stepping_batches``).
+
+Every schedule's length can change after it is built (:func:`set_total_steps`): a run
+with a time budget (``segexp.run.budget``) learns how many steps fit only once it has
+measured its step time, and the schedule must still end at the last step. The total
+lives in the scheduler's state, so checkpoints keep it.
 """
 
 from __future__ import annotations
@@ -110,6 +115,49 @@ def _warmup_factor(step: int, warmup_steps: int, warmup_start: float) -> float:
     return warmup_start + (1.0 - warmup_start) * step / max(1, warmup_steps)
 
 
+class StepFactor:
+    """A LambdaLR factor whose ``total_steps`` may change during training.
+
+    A callable object rather than a closure: LambdaLR saves its ``__dict__`` in the
+    scheduler's state (a checkpoint keeps the adjusted total) and restores it on resume.
+    """
+
+    def __init__(self, total_steps: int, **params: Any) -> None:
+        self.total_steps = int(total_steps)
+        self.__dict__.update(params)
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+
+class PolyFactor(StepFactor):
+    power: float
+    warmup_steps: int
+    warmup_start: float
+    min_lr_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup_factor(step, self.warmup_steps, self.warmup_start)
+        progress = min(1.0, step / max(1, self.total_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * (1.0 - progress) ** self.power
+
+
+class CosineFactor(StepFactor):
+    warmup_steps: int
+    warmup_start: float
+    min_lr_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup_factor(step, self.warmup_steps, self.warmup_start)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
+
+
 def poly(
     optimizer: Optimizer,
     total_steps: int,
@@ -123,13 +171,13 @@ def poly(
     With ``min_lr_ratio`` r the factor is ``r + (1 - r) * (1 - step/total) ** power``.
     """
     total_steps = _check_total_steps(total_steps, "poly")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return _warmup_factor(step, warmup_steps, warmup_start)
-        progress = min(1.0, step / max(1, total_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress) ** power
-
+    factor = PolyFactor(
+        total_steps,
+        power=power,
+        warmup_steps=warmup_steps,
+        warmup_start=warmup_start,
+        min_lr_ratio=min_lr_ratio,
+    )
     return LambdaLR(optimizer, factor)
 
 
@@ -142,14 +190,48 @@ def cosine(
 ) -> LambdaLR:
     """Linear warmup from ``warmup_start * lr`` to lr, then cosine decay to ``min_lr_ratio * lr``."""
     total_steps = _check_total_steps(total_steps, "cosine")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return _warmup_factor(step, warmup_steps, warmup_start)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+    factor = CosineFactor(
+        total_steps, warmup_steps=warmup_steps, warmup_start=warmup_start, min_lr_ratio=min_lr_ratio
+    )
     return LambdaLR(optimizer, factor)
+
+
+class AdjustableOneCycleLR(OneCycleLR):
+    """torch's OneCycleLR (same formula) whose ``total_steps`` may change during training:
+    :meth:`set_total_steps` moves the phase boundaries to the same fractions of the new total."""
+
+    def __init__(self, optimizer: Optimizer, *, pct_start: float, **kwargs: Any) -> None:
+        self.pct_start = float(pct_start)
+        super().__init__(optimizer, pct_start=pct_start, **kwargs)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        total = int(total_steps)
+        self.total_steps = total
+        ends = [float(self.pct_start * total) - 1, total - 1]
+        if len(self._schedule_phases) == 3:
+            ends = [
+                float(self.pct_start * total) - 1,
+                float(2 * self.pct_start * total) - 2,
+                total - 1,
+            ]
+        for phase, end in zip(self._schedule_phases, ends, strict=True):
+            phase["end_step"] = end
+
+
+def set_total_steps(scheduler: Any, total_steps: int) -> bool:
+    """Make ``scheduler`` (one of :func:`poly`, :func:`cosine`, :func:`onecycle`) end after
+    ``total_steps`` optimisation steps; never fewer than it has already taken.
+
+    Returns False for a scheduler whose length cannot change (it is left as it is).
+    """
+    total = max(int(total_steps), int(getattr(scheduler, "last_epoch", 0)), 1)
+    if isinstance(scheduler, AdjustableOneCycleLR):
+        scheduler.set_total_steps(total)
+        return True
+    factors = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, StepFactor)]
+    for factor in factors:
+        factor.total_steps = total
+    return bool(factors)
 
 
 def onecycle(
@@ -162,14 +244,14 @@ def onecycle(
     cycle_momentum: bool = True,
     three_phase: bool = False,
 ) -> LRScheduler:
-    """Smith's one-cycle policy (``torch.optim.lr_scheduler.OneCycleLR``).
+    """Smith's one-cycle policy (``torch.optim.lr_scheduler.OneCycleLR``, adjustable length).
 
     The peak of each parameter group is its configured lr (so the encoder LR
     multiplier holds); it starts at peak / ``div_factor``, rises for
     ``pct_start`` of the steps and anneals to start / ``final_div_factor``.
     """
     total_steps = _check_total_steps(total_steps, "onecycle")
-    return OneCycleLR(
+    return AdjustableOneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
         total_steps=total_steps,

@@ -174,7 +174,8 @@ def resume_from(run_dir: Path) -> Path:
         )
     if choice.path is None:
         raise ReproduceError(
-            f"resume={run_dir}: there is no checkpoint in {run_dir / 'checkpoints'}; the run "
+            f"resume={run_dir}: there is no checkpoint (last.ckpt, best-*.ckpt) in "
+            f"{run_dir / 'checkpoints'}; the run "
             f"stopped before its first checkpoint. Start it again with: python train.py "
             f"reproduce={run_dir}"
         )

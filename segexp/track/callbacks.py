@@ -333,9 +333,9 @@ class SegImageLogger(pl.Callback):
             plot_confusion(matrix, names, folder / "confusion.png", title=title),
         ]
 
-    @staticmethod
-    def _log_mlflow_files(trainer: pl.Trainer, files: Sequence[Path]) -> None:
-        root = Path(trainer.default_root_dir)
+    def _log_mlflow_files(self, trainer: pl.Trainer, files: Sequence[Path]) -> None:
+        """MLflow artifacts at the same paths as in the run folder (``val/confusion.png``)."""
+        root = self.run_dir(trainer)
         for logger in _loggers_of(trainer, MLFlowLogger):
             for path in files:
                 try:

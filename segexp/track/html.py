@@ -35,7 +35,7 @@ tr.failed td, tr.incomplete td { color: #999; }
 td.best { background: #d6f5d6; font-weight: bold; }
 .muted { color: #666; font-size: 0.9em; }
 .examples { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
-.examples figure { margin: 0; } .examples img { max-width: 420px; border: 1px solid #ccc; }
+.examples figure { margin: 0; } .examples img { max-width: 340px; border: 1px solid #ccc; }
 figcaption { font-size: 0.85em; margin-bottom: 0.3em; }
 img.plot { max-width: 100%; }
 """
@@ -188,12 +188,14 @@ def per_class_table(runs: Sequence[dict[str, Any]], metric: str) -> str:
             value = run["metrics"].get(prefix + name)
             ok = isinstance(value, (int, float)) and math.isfinite(value)
             values.append(float(value) if ok else None)
-        best = max((v for v in values if v is not None), default=None)
+        known = [v for v in values if v is not None]
+        # The best value of the class; none marked when every run scores the same.
+        best = max(known) if len(set(known)) > 1 or len(shown) == 1 else None
         cells = []
         for value in values:
             if value is None:
                 cells.append("<td></td>")
-            elif value == best:
+            elif best is not None and value == best:
                 cells.append(
                     f'<td class="best" title="best for this class">{value:.4f} &#9733;</td>'
                 )

@@ -1,0 +1,413 @@
+"""``recipe=auto``: choose the training recipe from the dataset's statistics and the budget.
+
+Before anything is built, train.py reads the train split's statistics (image sizes, number
+of images, pixel frequency of each class: the mask scanner, ``segexp.data.scan``; cached
+per dataset under ``<paths.data_dir>/recipe_stats``) and :func:`choose` decides what a
+careful practitioner would:
+
+- **image size**: images up to ``FULL_SIZE_MAX`` px train whole; larger ones train on random
+  crops (``augment=crop``; ``augment=strong`` for a small dataset with time to learn its
+  distortions), the crop as large as the images and the machine allow, validation at the
+  images' own size;
+- **batch size**: about the same number of pixels per step as the tuned default (more on a GPU);
+- **model**: ``unet_small`` (stride 16, a quarter of the parameters: more steps per minute)
+  for small images or a short CPU budget, ``unet`` (stride 32: the context large objects need)
+  otherwise;
+- **loss**: Dice added to cross-entropy when a class is rare, class-weighted cross-entropy
+  when one is very rare, plain cross-entropy for balanced classes;
+- **augmentation strength**: as above;
+- **epochs**, without a budget: about ``TARGET_STEPS`` optimisation steps (with a budget the
+  budget sets the steps, ``segexp.run.budget``).
+
+Every choice is printed with its reason and written into the run's ``.hydra/config.yaml``
+(with ``recipe: auto-applied``), so ``reproduce=`` composes the chosen values and does not
+choose again; the statistics and the choices go into ``run_info.json``. A key set on the
+command line (``model=fpn``, ``data.batch_size=8``, ...) is never changed: the recipe
+leaves that whole key (or config group) alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segexp.errors import UserError
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+APPLIED = "auto-applied"
+FULL_SIZE_MAX = 160  # px, longer side: images up to this train whole
+CROPS = (128, 192, 256, 384, 512)
+PIXELS_PER_BATCH = {"cpu": 4 * 64 * 64, "gpu": 8 * 512 * 512}  # the tuned defaults
+CROP_CAP = {"cpu": 256, "gpu": 512}
+SHORT_CPU_BUDGET_S = 600  # below this on a CPU: the smaller network, smaller crops
+STRONG_AUGMENT_MAX_IMAGES = 300  # fewer train images than this, and time: augment=strong
+STRONG_AUGMENT_MIN_BUDGET_S = 1800
+RARE = 0.05  # a class below this fraction of the labelled pixels is rare: Dice is added
+VERY_RARE = 0.005  # below this: cross-entropy weighted by median frequency as well
+TARGET_STEPS = {"cpu": 2800, "gpu": 20000}  # steps of a run without a budget
+EPOCH_RANGE = (5, 300)
+MAX_SCANNED = 500  # masks read for the statistics (evenly spread over the split)
+
+
+class RecipeError(UserError):
+    """``recipe=`` has a value the recipe does not know."""
+
+
+@dataclass
+class DatasetStats:
+    """What the recipe reads from the train split (medians over the scanned masks)."""
+
+    images: int
+    scanned: int
+    height: int
+    width: int
+    class_fraction: list[float]  # labelled pixels of each class / all labelled pixels
+    image_fraction: list[float]  # fraction of the scanned images that hold each class
+
+    @property
+    def long_side(self) -> int:
+        return max(self.height, self.width)
+
+    @property
+    def short_side(self) -> int:
+        return min(self.height, self.width)
+
+
+@dataclass
+class Choice:
+    """One decision: ``key`` (a config group when ``group``) set to ``value``, and why."""
+
+    key: str
+    value: Any
+    why: str
+    group: bool = False
+
+    def text(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+def scan_stats(dataset: Any, num_classes: int, ignore_index: int) -> DatasetStats:
+    """Read up to ``MAX_SCANNED`` masks of ``dataset`` (evenly spread): sizes and class frequencies."""
+    from segexp.data.scan import LabelCounts
+
+    total = len(dataset)
+    if total == 0:
+        raise RecipeError("recipe=auto: the train split is empty; there is nothing to learn from.")
+    indices = np.unique(np.linspace(0, total - 1, min(total, MAX_SCANNED)).round().astype(int))
+    counts = LabelCounts(num_classes, ignore_index)
+    heights, widths = [], []
+    holds = np.zeros(num_classes, dtype=np.int64)
+    for index in indices:
+        mask = np.asarray(dataset.load_mask(int(index)))
+        heights.append(mask.shape[0])
+        widths.append(mask.shape[1])
+        histogram = counts.add(mask)
+        for value in histogram:
+            if 0 <= value < num_classes:
+                holds[value] += 1
+    labelled = max(int(counts.counts.sum()), 1)
+    return DatasetStats(
+        images=total,
+        scanned=len(indices),
+        height=int(np.median(heights)),
+        width=int(np.median(widths)),
+        class_fraction=[round(float(c) / labelled, 6) for c in counts.counts],
+        image_fraction=[round(float(h) / len(indices), 4) for h in holds],
+    )
+
+
+def cached_stats(
+    dataset: Any, num_classes: int, ignore_index: int, cache_dir: Path
+) -> DatasetStats:
+    """:func:`scan_stats`, kept in ``cache_dir`` per dataset (its files, sizes and mtimes)."""
+    from segexp.data.class_weights import _dataset_key
+
+    path = Path(cache_dir) / f"stats-{_dataset_key(dataset, num_classes, ignore_index)}.json"
+    if path.is_file():
+        try:
+            return DatasetStats(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            pass  # an old or broken cache file: scan again
+    stats = scan_stats(dataset, num_classes, ignore_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(stats), indent=1))
+    os.replace(tmp, path)
+    return stats
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def choose(
+    stats: DatasetStats,
+    budget_s: float | None,
+    device: str = "cpu",
+    class_names: list[str] | None = None,
+) -> list[Choice]:
+    """The recipe for a dataset with these statistics, trained for ``budget_s`` seconds
+    (None: no budget) on ``device`` ("cpu" or "gpu"). Group choices come before the keys
+    inside those groups."""
+    names = class_names or [f"class_{i}" for i in range(len(stats.class_fraction))]
+    short_budget = device == "cpu" and budget_s is not None and budget_s < SHORT_CPU_BUDGET_S
+    size = f"{stats.width}x{stats.height} px"
+    choices: list[Choice] = []
+
+    # Image size: whole images when small, else random crops.
+    if stats.long_side <= FULL_SIZE_MAX:
+        choices.append(
+            Choice(
+                "augment",
+                "light",
+                f"images of {size} train whole; flips and 90-degree turns are safe for any data",
+                group=True,
+            )
+        )
+        pixels = stats.height * stats.width
+    else:
+        cap = CROPS[0] if short_budget else CROP_CAP[device]
+        crop = max([c for c in CROPS if c <= min(stats.short_side, cap)] or [CROPS[0]])
+        strong = stats.images < STRONG_AUGMENT_MAX_IMAGES and (
+            budget_s is None or budget_s >= STRONG_AUGMENT_MIN_BUDGET_S
+        )
+        choices.append(
+            Choice(
+                "augment",
+                "strong" if strong else "crop",
+                (
+                    f"only {stats.images} train images and time to learn from distortions: "
+                    "scale, rotation, colour jitter"
+                    if strong
+                    else "mild rescaling and flips: "
+                    + (
+                        f"{stats.images} images are variety enough"
+                        if stats.images >= STRONG_AUGMENT_MAX_IMAGES
+                        else "a short run has no time to learn from strong distortions"
+                    )
+                ),
+                group=True,
+            )
+        )
+        why = f"images of {size} are larger than a step can afford"
+        if short_budget:
+            why += f" in a {_minutes(budget_s)} CPU budget"
+        choices.append(Choice("augment.crop_size", crop, f"random crops: {why}"))
+        val_size = min(1024, 32 * math.ceil(stats.long_side / 32))
+        choices.append(Choice("augment.val_max_size", val_size, "validate at the images' own size"))
+        pixels = crop * crop
+
+    # Batch size: the pixels per step of the tuned default.
+    batch = int(min(16, max(4, round(PIXELS_PER_BATCH[device] / pixels))))
+    choices.append(
+        Choice(
+            "data.batch_size",
+            batch,
+            f"about {PIXELS_PER_BATCH[device] // 1000}k pixels per step ({'GPU' if device == 'gpu' else 'CPU'}); "
+            "at least 4 for batch-norm statistics",
+        )
+    )
+
+    # Model: stride 16 and fewer parameters for small images and short CPU runs.
+    if stats.long_side <= 128 or short_budget:
+        reason = (
+            f"images of {size}: stride 16 already sees the whole image"
+            if stats.long_side <= 128
+            else f"a {_minutes(budget_s)} CPU budget: a quarter of the parameters, more steps"
+        )
+        choices.append(Choice("model", "unet_small", reason, group=True))
+    else:
+        choices.append(
+            Choice(
+                "model",
+                "unet",
+                f"images of {size}: stride 32 gives large objects context",
+                group=True,
+            )
+        )
+
+    # Loss: Dice for rare classes, weighted cross-entropy for very rare ones.
+    present = [(f, n) for f, n in zip(stats.class_fraction, names, strict=False) if f > 0]
+    rarest, rare_name = min(present) if present else (1.0, "")
+    if rarest < RARE:
+        choices.append(
+            Choice(
+                "loss",
+                "ce_dice",
+                f"'{rare_name}' is {rarest:.2%} of the labelled pixels: Dice weighs every class alike",
+                group=True,
+            )
+        )
+        if rarest < VERY_RARE:
+            choices.append(
+                Choice(
+                    "loss.losses.ce.weight",
+                    "auto",
+                    f"'{rare_name}' is under {VERY_RARE:.1%}: cross-entropy weighted by median frequency",
+                )
+            )
+    else:
+        choices.append(
+            Choice(
+                "loss",
+                "ce",
+                f"classes are balanced (the rarest, '{rare_name}', is {rarest:.1%}): cross-entropy",
+                group=True,
+            )
+        )
+
+    # Epochs: only without a budget (a budget sets the number of steps).
+    if budget_s is None:
+        per_epoch = max(1, math.ceil(stats.images / batch))
+        epochs = int(
+            min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], round(TARGET_STEPS[device] / per_epoch)))
+        )
+        choices.append(
+            Choice(
+                "trainer.max_epochs",
+                epochs,
+                f"about {TARGET_STEPS[device]} steps at {per_epoch} steps per epoch",
+            )
+        )
+    return choices
+
+
+def _covers(user_key: str, key: str) -> bool:
+    """A command-line key that fixes ``key`` (the same key, a key inside it, or its group)."""
+    if user_key == key or user_key.startswith(key + "."):
+        return True
+    # ``data.root=...`` fixes everything under it; a group choice (``data=folder``) does not
+    # fix the keys inside the group (a chosen group is kept whole by keep_user_keys).
+    return "." in user_key and key.startswith(user_key + ".")
+
+
+def keep_user_keys(choices: list[Choice], user_keys: set[str]) -> tuple[list[Choice], list[Choice]]:
+    """(the choices to apply, those left out because the command line set their key)."""
+    kept = [c for c in choices if any(_covers(u, c.key) for u in user_keys)]
+    groups_kept = {c.key for c in kept if c.group}
+    kept += [
+        c for c in choices if c not in kept and not c.group and c.key.split(".")[0] in groups_kept
+    ]
+    return [c for c in choices if c not in kept], kept
+
+
+def load_group(group: str, option: str, conf_dir: Path = CONF) -> DictConfig:
+    """``conf/<group>/<option>.yaml`` as composed (its defaults from the same group merged first)."""
+    path = conf_dir / group / f"{option}.yaml"
+    node = OmegaConf.load(path)
+    defaults = node.pop("defaults", []) if isinstance(node, DictConfig) else []
+    parts = [
+        load_group(group, d, conf_dir) for d in defaults if isinstance(d, str) and d != "_self_"
+    ]
+    return OmegaConf.merge(*parts, node) if parts else node
+
+
+def apply_choices(cfg: DictConfig, choices: list[Choice], conf_dir: Path = CONF) -> None:
+    """Set every choice in ``cfg`` (in place) and mark it ``recipe: auto-applied``."""
+    with open_dict(cfg):
+        for choice in choices:
+            if choice.group:
+                cfg[choice.key] = load_group(choice.key, str(choice.value), conf_dir)
+            else:
+                OmegaConf.update(cfg, choice.key, choice.value, force_add=True)
+        cfg.recipe = APPLIED
+
+
+def command_line_keys() -> set[str]:
+    """The keys this Hydra job's command line sets (task overrides); empty outside Hydra."""
+    from segexp.run.job import hydra_context, override_key
+
+    context = hydra_context() or {}
+    return {override_key(o) for o in context.get("overrides", [])}
+
+
+def _device(cfg: DictConfig) -> str:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        return "gpu"
+    if accelerator == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def apply_recipe(
+    cfg: DictConfig, budget_s: float | None = None, user_keys: set[str] | None = None
+) -> list[Choice] | None:
+    """``recipe=auto``: choose, apply to ``cfg``, print, and record in the run folder (rank 0).
+
+    ``recipe: auto-applied`` (a reproduction) and ``recipe: null`` do nothing and return None.
+    """
+    from hydra.utils import instantiate
+
+    from segexp.model.pretrained import merged_run_info
+    from segexp.run.ranks import is_global_zero
+    from segexp.run.rundir import write_json, write_text
+
+    recipe = cfg.get("recipe")
+    if recipe in (None, APPLIED):
+        return None
+    if recipe != "auto":
+        raise RecipeError(
+            f"recipe={recipe!r}: the only recipe is 'auto' (choose from the data and the budget); "
+            "drop recipe= to train the configured one."
+        )
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # generated datasets (shapes) are written here
+    dataset = datamodule.raw_dataset("train")
+    stats = cached_stats(
+        dataset,
+        datamodule.num_classes,
+        datamodule.ignore_index,
+        Path(cfg.paths.data_dir) / "recipe_stats",
+    )
+    user_keys = command_line_keys() if user_keys is None else set(user_keys)
+    choices = choose(stats, budget_s, _device(cfg), datamodule.class_names)
+    applied, kept = keep_user_keys(choices, user_keys)
+    apply_choices(cfg, applied)
+    if not is_global_zero():
+        return applied
+
+    rarest = min((f for f in stats.class_fraction if f > 0), default=0.0)
+    lines = [
+        f"recipe=auto: {stats.images} train images of {stats.width}x{stats.height} px (median), "
+        f"{len(stats.class_fraction)} classes, the rarest {rarest:.2%} of the labelled pixels; "
+        + (f"budget {_minutes(budget_s)}" if budget_s else "no budget")
+    ]
+    width = max((len(c.text()) for c in choices), default=0)
+    lines += [f"  {c.text():<{width}}  {c.why}" for c in applied]
+    lines += [f"  {c.text():<{width}}  not applied: set on the command line" for c in kept]
+    print("\n".join(lines), flush=True)
+
+    run_dir = Path(cfg.paths.output_dir)
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    if saved_path.is_file():  # what reproduce= composes: the chosen values, chosen once
+        saved = OmegaConf.load(saved_path)
+        apply_choices(saved, applied)
+        write_text(saved_path, OmegaConf.to_yaml(saved))
+    info = run_dir / "run_info.json"
+    write_json(
+        info,
+        merged_run_info(
+            info,
+            {
+                "recipe": {
+                    "stats": asdict(stats),
+                    "budget_s": budget_s,
+                    "choices": [{**asdict(c), "applied": c in applied} for c in choices],
+                }
+            },
+        ),
+    )
+    return applied
+
+
+__all__ = ["Choice", "DatasetStats", "apply_recipe", "choose", "keep_user_keys", "scan_stats"]
