@@ -5,6 +5,7 @@
     python -m benchmarks --only overhead,metrics
     python -m benchmarks --only transfer    # init_from= vs from scratch on a second dataset
     python -m benchmarks --only sweep       # the same Optuna search with and without pruning
+    python -m benchmarks --only budget      # budget= honoured; recipe=auto vs default per budget
     python -m benchmarks --only quality --candidates   # compare candidate default recipes
     python -m benchmarks --only quality --candidates fpn-mobilenet_v2  # one of them
     python -m benchmarks --clock cpu        # budgets in CPU time (for a shared, loaded machine)
@@ -27,7 +28,17 @@ from pathlib import Path
 
 from benchmarks.harness import REPO, Figure, Settings, quiet_lightning
 
-FIGURES = ("overhead", "data", "metrics", "startup", "inference", "quality", "transfer", "sweep")
+FIGURES = (
+    "overhead",
+    "data",
+    "metrics",
+    "startup",
+    "inference",
+    "quality",
+    "transfer",
+    "sweep",
+    "budget",
+)
 TITLES = {
     "overhead": "1. Framework overhead (training step)",
     "data": "2. Data pipeline vs model",
@@ -37,6 +48,7 @@ TITLES = {
     "quality": "6. Quality per minute (default recipe)",
     "transfer": "7. Transfer: init_from vs from scratch on a second dataset",
     "sweep": "8. Sweeps: Optuna with and without pruning",
+    "budget": "9. Training to a time budget: honoured, and recipe=auto vs the default",
 }
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from segexp.run import distributed, ranks
 from tests.conftest import CONF, TINY, run_script
@@ -127,7 +126,7 @@ def test_ddp_configs_compose():
         )
         gpu = compose("train", overrides=["trainer=ddp", "trainer.sync_batchnorm=true"])
     assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("cpu", "ddp", 3)
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = cfg.hydra.launcher  # (its submitit_folder would claim a run folder if resolved)
     assert launcher["tasks_per_node"] == 3 and launcher["nodes"] == 1  # one SLURM task per device
     assert launcher["additional_parameters"]["signal"] == "USR1@120"  # Lightning's requeue signal
     assert (gpu.trainer.accelerator, gpu.trainer.precision, gpu.trainer.sync_batchnorm) == (

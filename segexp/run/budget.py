@@ -44,8 +44,8 @@ from segexp.errors import UserError
 WARMUP_STEPS = 3  # steps left out of the step time (first batches, allocator, worker start-up)
 MEASURE_STEPS = 3  # measured steps before the first plan
 WINDOW = 6  # re-plans that the step time is fitted over: recent enough to follow a change
-EVAL_COST = 0.5  # a validation batch vs a training step, until a validation has been measured
-TAIL_MARGIN_S = 2.0  # after the test: metrics, pictures, process exit
+EVAL_COST = 0.3  # a validation batch vs a training step, until a validation has been measured
+TAIL_MARGIN_S = 3.0  # after the test: metrics, pictures, process exit
 TAIL_MARGIN_FRACTION = 0.01
 AUTO_MARGIN_S = 60.0  # budget=auto: kept free of the SLURM job's remaining time ...
 AUTO_MARGIN_FRACTION = 0.05  # ... or this fraction of it, whichever is larger
@@ -253,13 +253,15 @@ class BudgetPlanner:
         return test + TAIL_MARGIN_S + TAIL_MARGIN_FRACTION * self.budget_s
 
     def validations(self, step: int, more: int) -> int:
-        """Validation runs while training from ``step`` for ``more`` steps."""
-        if more <= 0:
-            return 0
-        end = step + more
+        """Validation runs from a re-plan at ``step`` to the end of training ``more`` steps later.
+
+        A re-plan runs before its step's own validation, so a validation due at ``step`` (an
+        epoch's end) still counts; the last step gets one even mid-epoch (``final_validation``).
+        """
+        end = step + max(0, more)
         count = 0
         if self.val_every > 0:
-            count = end // self.val_every - step // self.val_every
+            count = end // self.val_every - (step - 1) // self.val_every
             if end % self.val_every and self.final_validation:
                 count += 1
         elif self.final_validation:
