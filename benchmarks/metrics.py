@@ -79,4 +79,52 @@ def run(settings: Settings) -> list[Figure]:
         Figure("validate, forward only", forward_s, "s", note=f"{images} images, batches {shape}"),
         Figure("validate, loss + all metrics", full_s, "s", note=f"best of {repeats}"),
         Figure("all metrics / forward only", full_s / forward_s, "x", TARGET),
+        *torchmetrics_side_by_side(settings, int(cfg.data.num_classes)),
     ]
+
+
+def torchmetrics_side_by_side(settings: Settings, num_classes: int) -> list[Figure]:
+    """Per-batch update cost of our confusion matrix (EvalState) vs torchmetrics'
+    MulticlassJaccardIndex and MulticlassConfusionMatrix (validate_args=False, ignore_index),
+    from the same predicted and target maps, on the CPU; ~10% of target pixels ignored."""
+    import torch
+    from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+    from segexp.model.metrics import EvalState
+
+    cases = [(64, 4)] if settings.quick else [(64, 4), (512, 8)]
+    figures = []
+    for side, batch in cases:
+        generator = torch.Generator().manual_seed(0)
+        preds = torch.randint(0, num_classes, (batch, side, side), generator=generator)
+        target = torch.randint(0, num_classes, (batch, side, side), generator=generator)
+        target[torch.rand(target.shape, generator=generator) < 0.1] = 255
+        metrics = {
+            "ours": EvalState(num_classes, ignore_index=255),
+            "jaccard": MulticlassJaccardIndex(num_classes, ignore_index=255, validate_args=False),
+            "confmat": MulticlassConfusionMatrix(
+                num_classes, ignore_index=255, validate_args=False
+            ),
+        }
+        repeat = 3 if settings.quick else (200 if side == 64 else 10)
+
+        def timed(metric, preds=preds, target=target, repeat=repeat):
+            def measure() -> float:
+                began = time.perf_counter()
+                for _ in range(repeat):
+                    metric.update(preds, target)
+                return (time.perf_counter() - began) / repeat
+
+            return measure
+
+        results = interleaved({k: timed(m) for k, m in metrics.items()}, 5, warmup=True)
+        ms = {k: best(v) * 1e3 for k, v in results.items()}
+        agree = torch.equal(metrics["ours"].confmat, metrics["confmat"].confmat)
+        where = f"{side} px x batch {batch}, CPU"
+        figures += [
+            Figure(f"update ms, ours / Jaccard / ConfMat ({side} px)", ms["ours"], "ms",
+                   note=f"{ms['jaccard']:.3g} / {ms['confmat']:.3g} ms; {where}; same counts: {agree}"),
+            Figure(f"torchmetrics Jaccard / ours ({side} px)", ms["jaccard"] / ms["ours"], "x"),
+            Figure(f"torchmetrics ConfMat / ours ({side} px)", ms["confmat"] / ms["ours"], "x"),
+        ]  # fmt: skip
+    return figures

@@ -186,7 +186,12 @@ def test_pool_weights_are_adaptive_avg_pool(size_in):
 def test_fixed_size_export_says_so(tmp_path, compose_cfg, capsys):
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt", compose_cfg, num_classes=3)
     cfg = export_cfg(
-        compose_cfg, ckpt, "format=torchscript", "dynamic=false", "input_size=[40,56]", "batch_size=2"
+        compose_cfg,
+        ckpt,
+        "format=torchscript",
+        "dynamic=false",
+        "input_size=[40,56]",
+        "batch_size=2",
     )
     result = export(cfg)
     assert not result["dynamic"] and result["max_abs_diff"] < 1e-3

@@ -147,3 +147,58 @@ def test_eval_state_drops_an_ignore_index_that_is_also_a_class_id():
     reference.update(preds, target)
     assert torch.equal(state.compute(), reference.compute())
     assert int(state.compute().sum()) == 2
+
+
+def test_epoch_end_logs_every_figure_once_with_one_self_log(compose_cfg, monkeypatch):
+    """All figures reach callback_metrics and the loggers once per epoch; only the headline
+    goes through Lightning's per-call self.log (the cost figure 3 of BENCHMARKS.md measures)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers.logger import Logger
+    from torch.utils.data import DataLoader
+
+    from segexp.model.module import build_module
+
+    class Recorder(Logger):
+        name, version = "recorder", 0
+        rows: list = []
+
+        @property
+        def experiment(self):
+            return None
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((dict(metrics), step))
+
+    module = build_module(compose_cfg(["data.num_classes=3"]))
+    calls = []
+    original = module.log
+    monkeypatch.setattr(
+        module, "log", lambda name, *a, **k: (calls.append(name), original(name, *a, **k))
+    )
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {"image": torch.randn(2, 3, 32, 32, generator=generator),
+         "mask": torch.randint(0, 3, (2, 32, 32), generator=generator)}
+        for _ in range(3)
+    ]  # fmt: skip
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=recorder, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.validate(module, dataloaders=DataLoader(batches, batch_size=None), verbose=False)
+    expected = {"val/loss", "val/mIoU", "val/pixel_acc", "val/mean_acc", "val/mean_dice"}
+    expected |= {"val/fw_iou"} | {
+        f"val/{k}/class_{i}" for k in ("iou", "acc", "dice") for i in range(3)
+    }
+    assert expected <= set(trainer.callback_metrics)
+    assert calls == ["val/mIoU"]
+    logged = {name for row, _ in recorder.rows for name in row}
+    assert expected <= logged
+    confmat = module.last_confmat["val"]
+    assert float(trainer.callback_metrics["val/pixel_acc"]) == pytest.approx(
+        float(confmat.diagonal().sum() / confmat.sum()), abs=1e-6
+    )

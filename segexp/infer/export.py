@@ -253,7 +253,11 @@ def _cannot_export(module, cfg: DictConfig, error: Exception) -> ExportError:
     """One paragraph for an export that failed inside torch / onnxruntime: which option, why, what else."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
     other = "torchscript" if cfg.format == "onnx" else "onnx"
-    fixed = "" if not cfg.get("dynamic", True) else " or a fixed-size export (dynamic=false input_size=[H,W])"
+    fixed = (
+        ""
+        if not cfg.get("dynamic", True)
+        else " or a fixed-size export (dynamic=false input_size=[H,W])"
+    )
     return ExportError(
         f"model.arch={_arch(module)!r} could not be exported to format={cfg.format} "
         f"({type(error).__name__}: {reason}). Try format={other}{fixed}"
@@ -273,7 +277,9 @@ def export(cfg: DictConfig) -> dict:
     dynamic = bool(cfg.get("dynamic", True))
     size = cfg.get("input_size") or [cfg.height, cfg.width]
     if len(size) != 2 or min(int(side) for side in size) < 1:
-        raise ExportError(f"input_size={list(size)}: give [height, width] in pixels, e.g. [256,256]")
+        raise ExportError(
+            f"input_size={list(size)}: give [height, width] in pixels, e.g. [256,256]"
+        )
     height, width = int(size[0]), int(size[1])
     module = load_module(cfg.ckpt_path).eval()
     net = exportable(module)

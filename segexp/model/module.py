@@ -109,10 +109,19 @@ class SegModule(pl.LightningModule):
         self.last_confmat[stage] = matrix.detach().cpu()
         scores = {f"{stage}/loss": float(confmat.mean_loss)}
         scores.update(flat_scores(matrix, self.class_names, stage))
-        prog = {f"{stage}/mIoU"}
-        for name, value in scores.items():
-            self.log(name, value, prog_bar=name in prog)
         confmat.reset()
+        # One self.log (the progress bar's figure); Lightning's ~1 ms per self.log call would
+        # cost more than the metrics themselves on small images (BENCHMARKS.md, figure 3). The
+        # others go to the loggers once, as Lightning would write them (step, epoch), and to
+        # callback_metrics, which checkpoint/early-stopping monitors and metrics.json read.
+        headline = f"{stage}/mIoU"
+        self.log(headline, scores[headline], prog_bar=True)
+        rest = {name: value for name, value in scores.items() if name != headline}
+        trainer = self.trainer
+        trainer.callback_metrics.update({name: torch.tensor(v) for name, v in rest.items()})
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics({**rest, "epoch": self.current_epoch}, step=self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
