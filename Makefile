@@ -33,8 +33,8 @@ test-fast: ## the tests not marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 stress: ## SIGKILL a small run 30 times at random moments, resuming each time (KILLS=30); requeue a SLURM DDP job 20 times (SIGNALS=20)
-	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/test_checkpoint_faults.py -k sigkill $(PYTEST_ARGS)
-	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/test_slurm.py -k requeue $(PYTEST_ARGS)
+	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/run/test_checkpoint_faults.py -k sigkill $(PYTEST_ARGS)
+	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/run/test_slurm.py -k requeue $(PYTEST_ARGS)
 
 lint: ## ruff lint + format check + the package's layer contract (import-linter)
 	$(PY) -m ruff check .

@@ -21,7 +21,7 @@ from segexp.infer.report import (
 )
 from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
-from tests.test_metrics import numpy_reference
+from tests.model.test_metrics import numpy_reference
 from tests.tiny_checkpoint import IGNORE, normalise, write_checkpoint, write_folder_dataset
 
 NUM_CLASSES = 4
@@ -199,7 +199,7 @@ def test_evaluate_missing_split_is_a_clear_error(setup, compose_cfg):
     ],
 )
 def test_split_roles_go_through_the_data_config(compose_cfg, data, split, expected):
-    from evaluate import split_name
+    from segexp.infer.checkpoint_data import split_name
 
     cfg = compose_cfg([f"data={data}", "data.root=/nowhere"] if data != "shapes" else [])
     assert split_name(cfg.data, split) == expected

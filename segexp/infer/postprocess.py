@@ -2,10 +2,15 @@
 
 An optional extra: ``pip install -e .[crf]`` installs pydensecrf2. The
 ``postprocess/crf.yaml`` config instantiates :class:`DenseCRF`; evaluation and
-inference call it once per image.
+inference call it once per image. ``python -m segexp.tune_crf`` chooses its settings on
+the validation split and writes them to a file that ``postprocess.params`` reads.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +42,28 @@ class DenseCRF:
     names: w1, theta_alpha, theta_beta = bilateral_weight, bilateral_sxy,
     bilateral_srgb; w2, theta_gamma = gaussian_weight, gaussian_sxy.
 
+    With ``relative_widths=True`` the two spatial widths (``bilateral_sxy``,
+    ``gaussian_sxy``) are fractions of each image's shorter side (0.1 on a 480 x 640
+    image: 48 pixels), so one setting suits every image size; with ``False`` they are
+    pixels. ``bilateral_srgb`` is always in 0..255 colour levels.
+
+    ``params``: a YAML file (``python -m segexp.tune_crf`` writes one) whose keys
+    override these arguments; ``enabled: false`` there (or here) turns the CRF off, so
+    the call returns the probabilities unchanged.
+
     Call: ``crf(image uint8 (H, W, 3), probs float32 (C, H, W)) -> probs float32 (C, H, W)``.
     """
+
+    SETTINGS = (
+        "enabled",
+        "iterations",
+        "bilateral_weight",
+        "bilateral_sxy",
+        "bilateral_srgb",
+        "gaussian_weight",
+        "gaussian_sxy",
+        "relative_widths",
+    )
 
     def __init__(
         self,
@@ -49,10 +74,36 @@ class DenseCRF:
         gaussian_weight: float = 3.0,
         gaussian_sxy: float = 3.0,
         min_prob: float = 1e-8,
+        relative_widths: bool = False,
+        enabled: bool = True,
+        params: str | os.PathLike | None = None,
     ) -> None:
-        _import_densecrf()  # fail at instantiation, not on the first image
+        self.params = None if params in (None, "") else str(params)
+        if self.params is not None:
+            overrides = read_params(self.params)
+            given = {
+                "enabled": enabled,
+                "iterations": iterations,
+                "bilateral_weight": bilateral_weight,
+                "bilateral_sxy": bilateral_sxy,
+                "bilateral_srgb": bilateral_srgb,
+                "gaussian_weight": gaussian_weight,
+                "gaussian_sxy": gaussian_sxy,
+                "relative_widths": relative_widths,
+            }
+            given.update(overrides)
+            enabled, iterations = given["enabled"], given["iterations"]
+            bilateral_weight, bilateral_sxy = given["bilateral_weight"], given["bilateral_sxy"]
+            bilateral_srgb, gaussian_weight = given["bilateral_srgb"], given["gaussian_weight"]
+            gaussian_sxy, relative_widths = given["gaussian_sxy"], given["relative_widths"]
+        self.enabled = bool(enabled)
+        if self.enabled:
+            _import_densecrf()  # fail at instantiation, not on the first image
         if iterations < 1:
             raise UserError(f"postprocess.iterations={iterations}: must be at least 1.")
+        for key, width in (("bilateral_sxy", bilateral_sxy), ("gaussian_sxy", gaussian_sxy)):
+            if width <= 0:
+                raise UserError(f"postprocess.{key}={width}: must be > 0.")
         self.iterations = int(iterations)
         self.bilateral_weight = float(bilateral_weight)
         self.bilateral_sxy = float(bilateral_sxy)
@@ -60,9 +111,16 @@ class DenseCRF:
         self.gaussian_weight = float(gaussian_weight)
         self.gaussian_sxy = float(gaussian_sxy)
         self.min_prob = float(min_prob)
+        self.relative_widths = bool(relative_widths)
+
+    def widths(self, height: int, width: int) -> tuple[float, float]:
+        """(bilateral_sxy, gaussian_sxy) in pixels for an image of this size."""
+        if not self.relative_widths:
+            return self.bilateral_sxy, self.gaussian_sxy
+        side = min(height, width)
+        return self.bilateral_sxy * side, self.gaussian_sxy * side
 
     def __call__(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        densecrf = _import_densecrf()
         if probs.ndim != 3:
             raise ValueError(f"DenseCRF: probs must be (C, H, W), got shape {probs.shape}.")
         num_classes, height, width = probs.shape
@@ -76,12 +134,16 @@ class DenseCRF:
                 f"DenseCRF: image must be uint8 RGB (0..255), got {image.dtype}; "
                 "the colour widths (bilateral_srgb) are in 0..255 units."
             )
+        if not self.enabled:
+            return np.asarray(probs, dtype=np.float32)
+        densecrf = _import_densecrf()
+        bilateral_sxy, gaussian_sxy = self.widths(height, width)
         crf = densecrf.DenseCRF2D(width, height, num_classes)
         unary = -np.log(np.clip(probs, self.min_prob, 1.0)).reshape(num_classes, -1)
         crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-        crf.addPairwiseGaussian(sxy=self.gaussian_sxy, compat=self.gaussian_weight)
+        crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=self.gaussian_weight)
         crf.addPairwiseBilateral(
-            sxy=self.bilateral_sxy,
+            sxy=bilateral_sxy,
             srgb=self.bilateral_srgb,
             # pydensecrf takes a writable C-contiguous buffer; decoded images are often read-only.
             rgbim=np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]),
@@ -90,9 +152,61 @@ class DenseCRF:
         refined = crf.inference(self.iterations)  # (C, H*W) marginals
         return np.asarray(refined, dtype=np.float32).reshape(num_classes, height, width)
 
+    def settings(self) -> dict[str, Any]:
+        """The settings as a ``params`` file holds them."""
+        if not self.enabled:
+            return {"enabled": False}
+        return {key: getattr(self, key) for key in self.SETTINGS}
+
     def __repr__(self) -> str:
+        if not self.enabled:
+            return "DenseCRF(enabled=False)"
         return (
-            f"DenseCRF(iterations={self.iterations}, bilateral_weight={self.bilateral_weight}, "
+            f"DenseCRF(relative_widths={self.relative_widths}, iterations={self.iterations}, "
+            f"bilateral_weight={self.bilateral_weight}, "
             f"bilateral_sxy={self.bilateral_sxy}, bilateral_srgb={self.bilateral_srgb}, "
             f"gaussian_weight={self.gaussian_weight}, gaussian_sxy={self.gaussian_sxy})"
         )
+
+
+def read_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings in a ``postprocess.params`` YAML file (keys: :attr:`DenseCRF.SETTINGS`)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(
+            f"postprocess.params={path}: no such file; pass the crf_params.yaml that "
+            "python -m segexp.tune_crf wrote, or drop postprocess.params."
+        )
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(
+            f"postprocess.params={path}: not valid YAML ({error}); write it again with "
+            "python -m segexp.tune_crf."
+        ) from error
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise UserError(
+            f"postprocess.params={path}: expected a mapping of CRF settings, got "
+            f"{type(loaded).__name__}; write it again with python -m segexp.tune_crf."
+        )
+    unknown = sorted(set(loaded) - set(DenseCRF.SETTINGS))
+    if unknown:
+        raise UserError(
+            f"postprocess.params={path}: unknown keys {unknown}; the file may hold "
+            f"{', '.join(DenseCRF.SETTINGS)}."
+        )
+    return loaded
+
+
+def write_params(path: str | os.PathLike, settings: dict[str, Any], header: str = "") -> Path:
+    """Write CRF settings as a ``postprocess.params`` file (``header``: comment lines)."""
+    import yaml
+
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    file.write_text(comments + yaml.safe_dump(dict(settings), sort_keys=False))
+    return file

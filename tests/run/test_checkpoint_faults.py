@@ -29,7 +29,7 @@ from segexp.run.ckpt_io import (
     sweep_partial,
 )
 from tests.conftest import REPO, TINY, run_script
-from tests.test_guards import signal_at
+from tests.run.test_signals import signal_at
 
 KILLS = int(os.environ.get("SEGEXP_KILLS", "3"))
 # Two steps an epoch, four epochs: a kill can land mid-epoch, in validation or in a save.

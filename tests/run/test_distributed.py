@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from segexp.run import distributed, ranks
-from tests.conftest import CONF, TINY, run_script
+from tests.conftest import CONF, REPO, TINY, run_script
 
 # Split sizes divide by 2 processes: DistributedSampler would otherwise repeat samples.
 DDP_TINY = [o for o in TINY if not o.startswith("data.batch_size")] + ["data.batch_size=2"]
@@ -146,7 +146,7 @@ def ddp_sweep(tmp_path_factory):
     sweep = root / "sweep"
     result = run_script(
         "train.py", "-m", *DDP_TINY, f"paths.data_dir={root / 'data'}", "trainer=ddp_cpu", "trainer.devices=2",
-        "loss=ce,dice", f"hydra.sweep.dir={sweep}", "hydra.job.chdir=false", cwd=Path(__file__).resolve().parents[1],
+        "loss=ce,dice", f"hydra.sweep.dir={sweep}", "hydra.job.chdir=false", cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return root, sweep, result.stdout + result.stderr

@@ -1,0 +1,80 @@
+"""Which dataset a checkpoint is evaluated on: the one evaluate.py and tune_crf share.
+
+``data=...`` from the command line, else the dataset recorded in the checkpoint; the
+split a role (train / val / test) names in that dataset; and a refusal when the
+dataset's classes are not the checkpoint's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def data_config(cfg: DictConfig, model) -> DictConfig:
+    """The dataset to evaluate on: ``data=...`` from the command line, else the training one."""
+    if cfg.get("data"):
+        from segexp.data.classes import resolve_num_classes
+
+        data_cfg = cfg.data
+        # data.num_classes unset: the dataset's count (classes.txt, COCO categories, ...),
+        # else the checkpoint's; a disagreement with the checkpoint is an error below.
+        resolve_num_classes(data_cfg, default=model.hparams.num_classes)
+        return data_cfg
+    if model.run_config and model.run_config.get("data"):
+        data_cfg = OmegaConf.create(model.run_config["data"])
+        generate = data_cfg.get("generate")
+        if generate is not None and generate.get("root"):
+            # A generated dataset is drawn again under this machine's data folder, never
+            # where a checkpoint from elsewhere says (it is data, not a place to write).
+            root = Path(cfg.paths.data_dir) / Path(str(generate.root)).name
+            generate.root = str(root)
+            if data_cfg.get("root") is not None:
+                data_cfg.root = str(root)
+        return data_cfg
+    from segexp.errors import UserError
+
+    raise UserError(
+        f"ckpt_path={cfg.ckpt_path} does not record its dataset; choose one with data=NAME "
+        "(e.g. data=folder data.root=/my/data)"
+    )
+
+
+def split_name(data: DictConfig, split: str) -> str | None:
+    """The dataset's own name for ``split``: a role (train / val / test) goes through
+    ``data.<role>_split`` (VOC's test role reads ``val``, COCO's val reads ``val2017``);
+    any other name is the dataset's split as written (e.g. ``split=train_aug``)."""
+    if split == "test" and "test_split" in data and data.test_split is None:
+        return None  # the datamodule's choice: "test" when the dataset has it, else val
+    if split in ("train", "val", "test"):
+        return str(data.get(f"{split}_split") or split)
+    return split
+
+
+def check_same_classes(ckpt_path: str, checkpoint_names: list[str], data: DictConfig) -> None:
+    """Refuse a dataset whose classes differ from the checkpoint's in number or names.
+
+    The dataset's names are its own (classes.txt, COCO categories, VOC's list...), else
+    ``data.class_names``. Names count only where both sides have them (a checkpoint
+    without names holds the placeholders ``class_<i>``); the number always does.
+    """
+    from segexp.data.classes import ClassesError, dataset_classes
+
+    names, source = dataset_classes(data)
+    if names is None and data.get("class_names") is not None:
+        names, source = list(data.class_names), "data.class_names"
+    count = len(names) if names is not None else int(data.num_classes)
+    placeholders = [f"class_{i}" for i in range(len(checkpoint_names))]
+    if count == len(checkpoint_names) and (
+        names is None or checkpoint_names == placeholders or list(names) == checkpoint_names
+    ):
+        return
+    where = source or (f"data.root={data.root}" if data.get("root") else "the dataset")
+    dataset = f"{count} classes {list(names)}" if names is not None else f"{count} classes"
+    raise ClassesError(
+        f"ckpt_path={ckpt_path} predicts {len(checkpoint_names)} classes {checkpoint_names}, "
+        f"but {where} defines {dataset}; the scores would be meaningless. Evaluate on a "
+        "dataset with the checkpoint's classes (in the same order), or fix the dataset's "
+        "classes.txt / data.class_names."
+    )
