@@ -14,7 +14,7 @@ and a plot (``budget_quality.png``).
 Every run is ``python train.py``, exactly what a user runs. The whole figure takes about
 (2 + 5 + 10) + 2 x 2 x (1 + 3 + 10) = 73 minutes. For a loaded or a slow machine,
 ``SEGEXP_BENCH_BUDGET_MIN=2,4`` and ``SEGEXP_BENCH_QUALITY_MIN=1,2`` run parts (a) and (b)
-at those budgets (minutes) instead.
+at those budgets (minutes) instead (0: skip that part).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def budgets(settings: Settings, full: tuple[int, ...], variable: str) -> list[fl
     if settings.quick:
         return [float(s) for s in QUICK_S]
     chosen = os.environ.get(variable)
-    minutes = [float(m) for m in chosen.split(",")] if chosen else list(full)
+    minutes = [float(m) for m in chosen.split(",") if float(m) > 0] if chosen else list(full)
     return [60.0 * m for m in minutes]
 
 

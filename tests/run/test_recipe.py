@@ -17,9 +17,8 @@ from segexp.run.recipe import (
     choose,
     keep_user_keys,
 )
-
-from .conftest import TINY, run_script
-from .fixtures_data import make_folder
+from tests.conftest import TINY, run_script
+from tests.fixtures_data import make_folder
 
 SMALL_SCENES = DatasetStats(  # the embedded shapes data: 64 px, a background and 5 objects
     images=400,
