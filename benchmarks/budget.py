@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import Figure, Settings, python, run_checked
+from benchmarks.harness import Figure, Settings, python, run_checked, write_folder_dataset
 
 HONOURED_MIN = (2, 5, 10)
 QUALITY_MIN = (1, 3, 10)
@@ -84,22 +84,13 @@ def draw_sign_scene(seed: int, size: tuple[int, int] = SIGN_SIZE) -> tuple[np.nd
 
 def write_signs(root: Path, counts: dict[str, int], size: tuple[int, int] = SIGN_SIZE) -> Path:
     """The "signs" dataset in the folder layout (written once per size and counts)."""
-    from PIL import Image
-
     done = root / "done.json"
     spec = {"counts": counts, "size": list(size)}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
-    seed = 50_000
-    for split, count in counts.items():
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            image, mask = draw_sign_scene(seed, size)
-            seed += 1
-            Image.fromarray(image).save(root / "images" / split / f"{index:04d}.png")
-            Image.fromarray(mask).save(root / "masks" / split / f"{index:04d}.png")
-    (root / "classes.txt").write_text("\n".join(SIGN_CLASSES) + "\n")
+    write_folder_dataset(
+        root, counts, lambda seed: draw_sign_scene(seed, size), SIGN_CLASSES, 50_000
+    )
     done.write_text(json.dumps(spec))
     return root
 

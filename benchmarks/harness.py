@@ -215,3 +215,25 @@ def run_checked(args: list[str], extra_env: dict[str, str] | None = None, **kwar
             f"{result.stderr.strip()[-800:]}"
         )
     return result.stdout
+
+
+def write_folder_dataset(root, counts, draw, classes, first_seed: int = 0):
+    """Write a drawn dataset in the folder layout (images/, masks/, classes.txt).
+
+    ``draw(seed) -> (image uint8 (H, W, 3), mask uint8 (H, W))``; one seed per sample,
+    counted up from ``first_seed`` across the splits of ``counts`` ({split: count}).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    seed = first_seed
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            image, mask = draw(seed)
+            seed += 1
+            Image.fromarray(image).save(root / "images" / split / f"{index:04d}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{index:04d}.png")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import Figure, Settings, python, run_checked
+from benchmarks.harness import Figure, Settings, python, run_checked, write_folder_dataset
 
 CLASSES = ("background", "cross", "hexagon", "crescent")
 SOURCE_EPOCHS, QUICK_SOURCE_EPOCHS = 3, 1
@@ -83,19 +83,7 @@ def draw_mark(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_marks(root: Path, counts: dict[str, int], size: int) -> Path:
     """The "marks" dataset in the folder layout (README: "Bring your own data")."""
-    from PIL import Image
-
-    seed = 10_000
-    for split, count in counts.items():
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            image, mask = draw_mark(seed, size)
-            seed += 1
-            Image.fromarray(image).save(root / "images" / split / f"{index:03d}.png")
-            Image.fromarray(mask).save(root / "masks" / split / f"{index:03d}.png")
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
+    return write_folder_dataset(root, counts, lambda seed: draw_mark(seed, size), CLASSES, 10_000)
 
 
 def train_run(settings: Settings, name: str, overrides: list[str]) -> Path:

@@ -213,7 +213,8 @@ def prepare_config(cfg: Any) -> Any:
                     wandb.id = run_id
                     wandb.resume = "allow"
         elif wandb is not None and cfg.get("reproduce"):
-            wandb.id = new_wandb_id()  # a reproduction is a new W&B run, even if the original fixed one
+            # A reproduction is a new W&B run, even if the original fixed its id.
+            wandb.id = new_wandb_id()
         if wandb is not None:
             # Fixed before the logger exists, so every rank and a later resume agree on it.
             wandb.id = choose_wandb_id(cfg.paths.output_dir, wandb.get("id"))
