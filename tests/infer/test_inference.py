@@ -133,7 +133,7 @@ def record_and_invert(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def test_postprocess_hook_sees_uint8_images_and_its_output_is_used():
     CALLS.clear()
     postprocess = instantiate(
-        {"_target_": "tests.test_inference.record_and_invert", "_partial_": True}
+        {"_target_": "tests.infer.test_inference.record_and_invert", "_partial_": True}
     )
     calls = CALLS
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 24, 28, 3), dtype=np.uint8)

@@ -164,7 +164,7 @@ def train_until_sigterm(base: list[str], run_dir, epoch: int, batch: int):
     """``train.py`` that sends itself SIGTERM after training batch ``batch`` of ``epoch``."""
     signal_at = "+callbacks.send_signal"
     return run_script(
-        "train.py", *base, f"hydra.run.dir={run_dir}", f"{signal_at}._target_=tests.test_guards.SendSignal",
+        "train.py", *base, f"hydra.run.dir={run_dir}", f"{signal_at}._target_=tests.run.test_signals.SendSignal",
         f"{signal_at}.signum=15", f"{signal_at}.epoch={epoch}", f"{signal_at}.batch={batch}",
     )  # fmt: skip
 

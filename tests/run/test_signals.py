@@ -58,7 +58,7 @@ class NanAfter(nn.Module):
 def signal_at(signum: int, epoch: int, batch: int) -> list[str]:
     key = "+callbacks.send_signal"
     return [
-        f"{key}._target_=tests.test_guards.SendSignal",
+        f"{key}._target_=tests.run.test_signals.SendSignal",
         f"{key}.signum={int(signum)}",
         f"{key}.epoch={epoch}",
         f"{key}.batch={batch}",
@@ -101,7 +101,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(compose_cfg):
     # Three steps an epoch; the loss turns NaN at the 5th step (epoch 1, batch 1).
     cfg = compose_cfg([*THREE_STEPS, "trainer.max_epochs=3"])
     with open_dict(cfg):
-        cfg.loss = {"_target_": "tests.test_guards.NanAfter", "after": 4}
+        cfg.loss = {"_target_": "tests.run.test_signals.NanAfter", "after": 4}
     with pytest.raises(NonFiniteLossError) as error:
         train(cfg)
     message = str(error.value)
