@@ -10,7 +10,7 @@
 # reads job states with `sacct` and can wait forever without it), slurmctld and
 # `slurmd -N localhost`. Needs root (apt-get, daemons); on a machine without apt or
 # root it exits non-zero with the reason, and the slurm tests skip.
-# Facts this follows: /work/shared/PITFALLS.md "SLURM on one machine" (slurm-wlm 22.05).
+# Facts this follows: Debian slurm-wlm 22.05 on one node, with munge and slurmdbd on MariaDB.
 set -euo pipefail
 
 CLUSTER=localcluster
