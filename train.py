@@ -28,17 +28,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from segexp.data.classes import recorded_config, resolve_num_classes
     from segexp.infer.report import print_summary
     from segexp.model.module import build_module
-    from segexp.model.pretrained import (
-        file_record,
-        init_from_config,
-        merged_run_info,
-        use_weights_dir,
-    )
+    from segexp.model.pretrained import file_record, init_from_config, use_weights_dir
     from segexp.run.budget import budget_callback
     from segexp.run.checkpoint import check_compatible
     from segexp.run.ranks import is_global_zero
     from segexp.run.recipe import apply_recipe
-    from segexp.run.rundir import write_json, write_metadata, write_text
+    from segexp.run.rundir import update_run_info, write_json, write_metadata, write_text
     from segexp.run.validate import check_config
 
     # data.num_classes: null -> the dataset's own count, before the model reads ${data.num_classes}
@@ -62,8 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     transfer = init_from_config(cfg, model)  # init_from=: weights only, on every rank, before fit
     if transfer is not None and is_global_zero():
         transfer.emit()  # printed and in the run's log file
-        info = run_dir / "run_info.json"  # merged: other parts of the run write there too
-        write_json(info, merged_run_info(info, {"init_from": file_record(cfg.init_from, transfer)}))
+        update_run_info(run_dir, {"init_from": file_record(cfg.init_from, transfer)})
 
     loggers = [instantiate(entry) for entry in (cfg.logger or {}).values() if entry]
     callbacks = [
@@ -95,8 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
 
     if datamodule.skipped and trainer.is_global_zero:  # data.on_bad_sample=skip
-        info = run_dir / "run_info.json"
-        write_json(info, merged_run_info(info, {"skipped_samples": datamodule.skipped}))
+        update_run_info(run_dir, {"skipped_samples": datamodule.skipped})
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         print_summary(metrics, run_dir, datamodule.class_names, stage="test" if cfg.test else "val")

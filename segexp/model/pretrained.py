@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -278,18 +277,6 @@ def file_record(path: str | os.PathLike, report: TransferReport | None = None) -
     if report is not None:
         record.update(report.record())
     return record
-
-
-def merged_run_info(path: str | os.PathLike, updates: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON object at ``path`` (empty if none or unreadable) with ``updates`` merged in."""
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict):
-        info = {}
-    info.update(updates)
-    return info
 
 
 # ------------------------------------------------------------------- encoder weights

@@ -34,7 +34,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -485,12 +484,10 @@ class TimeBudget(pl.Callback):
 
     def record(self, run_dir: str | os.PathLike) -> dict[str, Any]:
         """Merge :meth:`summary` (with the end of the run: now) into ``<run_dir>/run_info.json``."""
-        from segexp.model.pretrained import merged_run_info
-        from segexp.run.rundir import write_json
+        from segexp.run.rundir import update_run_info
 
         info = self.summary(self.elapsed())
-        path = Path(run_dir) / "run_info.json"
-        write_json(path, merged_run_info(path, {"budget": info}))
+        update_run_info(run_dir, {"budget": info})
         print(
             f"budget: {info['budget_s']:.0f} s, run ended at {info['end_s']:.0f} s "
             f"({info['end_over_budget']:.1%}), {info['steps']} steps "

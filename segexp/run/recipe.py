@@ -348,9 +348,8 @@ def apply_recipe(
     """
     from hydra.utils import instantiate
 
-    from segexp.model.pretrained import merged_run_info
     from segexp.run.ranks import is_global_zero
-    from segexp.run.rundir import write_json, write_text
+    from segexp.run.rundir import update_run_info, write_text
 
     recipe = cfg.get("recipe")
     if recipe in (None, APPLIED):
@@ -393,19 +392,15 @@ def apply_recipe(
         saved = OmegaConf.load(saved_path)
         apply_choices(saved, applied)
         write_text(saved_path, OmegaConf.to_yaml(saved))
-    info = run_dir / "run_info.json"
-    write_json(
-        info,
-        merged_run_info(
-            info,
-            {
-                "recipe": {
-                    "stats": asdict(stats),
-                    "budget_s": budget_s,
-                    "choices": [{**asdict(c), "applied": c in applied} for c in choices],
-                }
-            },
-        ),
+    update_run_info(
+        run_dir,
+        {
+            "recipe": {
+                "stats": asdict(stats),
+                "budget_s": budget_s,
+                "choices": [{**asdict(c), "applied": c in applied} for c in choices],
+            }
+        },
     )
     return applied
 

@@ -167,16 +167,28 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run folder's ``run_info.json`` as a dict, or None when it is absent or unreadable."""
+    try:
+        info = json.loads((Path(run_dir) / "run_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def write_metadata(run_dir: str | os.PathLike) -> Path:
     """Write ``run_info.json``; a resumed run keeps how it started and appends each restart."""
-    path = Path(run_dir) / "run_info.json"
     info = run_metadata()
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if isinstance(previous, dict):
-            previous.setdefault("resumes", []).append(info)
-            info = previous
-    return write_json(path, info)
+    previous = read_run_info(run_dir)
+    if previous is not None:
+        previous.setdefault("resumes", []).append(info)
+        info = previous
+    return write_json(Path(run_dir) / "run_info.json", info)
+
+
+def update_run_info(run_dir: str | os.PathLike, entries: dict[str, Any]) -> Path:
+    """Merge ``entries`` into ``run_info.json``; the parts of a run (metadata, init_from,
+    skipped samples, recipe, budget) each add their own top-level keys there."""
+    return write_json(
+        Path(run_dir) / "run_info.json", {**(read_run_info(run_dir) or {}), **entries}
+    )
