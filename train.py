@@ -74,6 +74,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt_path:
         check_compatible(cfg.ckpt_path, model)  # a clear error instead of a state-dict traceback
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    if not any(k.startswith("val/") for k in trainer.callback_metrics):
+        # Fit ran no validation in this process: it resumed from a checkpoint saved at the end of
+        # the last epoch (a SLURM requeue or a kill there). Validate the final weights, which
+        # is what the last epoch's validation measured, so metrics.json still has val/ figures.
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
     }

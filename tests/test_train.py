@@ -120,3 +120,20 @@ def test_run_files_are_written_whole_with_the_usual_mode(tmp_path):
     assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
     assert json.loads(path.read_text()) == {"nan": None, "val/mIoU": 0.5}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_resume_from_the_final_checkpoint_still_writes_val_metrics(compose_cfg):
+    """A job stopped at the end of its last epoch (a SLURM requeue there) resumes into a fit
+    with nothing left to train: metrics.json still holds the final weights' val/ figures."""
+    cfg = compose_cfg()
+    first = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / "metrics.json").unlink()  # as when the stop came before metrics.json was written
+    resumed_cfg = compose_cfg([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    resumed = train(resumed_cfg)
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["val/mIoU"] == pytest.approx(first["val/mIoU"], abs=1e-6)
+    assert written["val/iou/circle"] == pytest.approx(first["val/iou/circle"], abs=1e-6)
+    assert written["test/mIoU"] == pytest.approx(first["test/mIoU"], abs=1e-6)
+    assert resumed["val/mIoU"] == pytest.approx(first["val/mIoU"], abs=1e-6)

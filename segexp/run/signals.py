@@ -63,10 +63,11 @@ class SignalCheckpoint(pl.Callback):
     (SIGUSR1, what ``hydra/launcher=slurm`` asks SLURM to send before the time limit)
     also requeues the job: after the checkpoint, rank 0 runs ``scontrol requeue`` and
     all ranks exit; the requeued job resumes in the same run folder
-    (``segexp.run.distributed.resume_after_requeue``). Lightning's own auto-requeue
-    is switched off at ``setup``: it saves and requeues inside its signal handler, so
-    a rank inside a gradient all-reduce and one in the checkpoint barrier wait for
-    each other forever.
+    (``segexp.run.distributed.resume_after_requeue``). The SIGTERM that SLURM sends
+    with the requeue is ignored: the process is already on its way out. Lightning's
+    own auto-requeue is switched off at ``setup``: it saves and requeues inside its
+    signal handler, so a rank inside a gradient all-reduce and one in the checkpoint
+    barrier wait for each other forever.
 
     Args:
         dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/`` folder).
@@ -82,6 +83,9 @@ class SignalCheckpoint(pl.Callback):
         self.requeue_signal = getattr(signal, requeue_signal) if requeue_signal else None
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        # SIGTERM's handler, and the one Lightning restores at exit, before a requeue ignored it
+        self._sigterm_handler: Any = signal.SIG_DFL
+        self._sigterm_original: Any = signal.SIG_DFL
 
     @property
     def ckpt_path(self) -> Path:
@@ -152,13 +156,15 @@ class SignalCheckpoint(pl.Callback):
                 callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
             )
             callback.last_model_path = path
+        job_id = slurm_job_id() if signum == self.requeue_signal else None
+        if job_id is not None:
+            self._expect_requeue_sigterm(trainer)
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
         run_dir = self.dirpath.parent
         stopped = (
             f"segexp: stopped by {signal.Signals(signum).name} {where} (epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}); saved {path}."
         )
-        job_id = slurm_job_id() if signum == self.requeue_signal else None
         requeued = False
         if job_id is not None:
             if trainer.is_global_zero:
@@ -172,8 +178,31 @@ class SignalCheckpoint(pl.Callback):
             message = f"{stopped} Continue with: python train.py resume={run_dir}"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
+        if requeued:
+            self._previous.pop(signal.SIGTERM, None)  # stays ignored until the process exits
+        elif job_id is not None and _in_main_thread():  # no requeue, so no SIGTERM from it
+            signal.signal(signal.SIGTERM, self._sigterm_handler)
+            originals = _restored_at_teardown(trainer)
+            if signal.SIGTERM in originals:
+                originals[signal.SIGTERM] = self._sigterm_original
         self._restore()
         raise Interrupted(signum, message)
+
+    def _expect_requeue_sigterm(self, trainer: pl.Trainer) -> None:
+        # `scontrol requeue` has SLURM send SIGTERM to every task of the job at once, while
+        # this process is already stopping in order. That SIGTERM is no new request: left to our
+        # handler it would announce a second stop, and to Lightning's (restored at exit) it
+        # broadcasts to ranks that have left, fails, and the sweep records the job as failed.
+        # Set on every rank before the checkpoint's barrier, so before rank 0 can requeue.
+        if not _in_main_thread():
+            return
+        self._sigterm_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN) or signal.SIG_DFL
+        # Lightning's teardown puts back the handlers it found at fit start (SIG_DFL, which
+        # would kill the process mid-exit): have it put back "ignore" instead.
+        originals = _restored_at_teardown(trainer)
+        if signal.SIGTERM in originals:
+            self._sigterm_original = originals[signal.SIGTERM]
+            originals[signal.SIGTERM] = signal.SIG_IGN
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -198,6 +227,12 @@ class SignalCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+
+
+def _restored_at_teardown(trainer: pl.Trainer) -> dict[int, Any]:
+    """The signal handlers Lightning's signal connector puts back when fit ends ({} if none)."""
+    originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+    return originals if isinstance(originals, dict) else {}
 
 
 def disable_lightning_requeue(trainer: pl.Trainer) -> None:

@@ -148,3 +148,43 @@ def test_exact_resume_rng_round_trip_and_loads_weights_only(tmp_path):
 def test_signal_checkpoint_handles_the_three_signals():
     guard = SignalCheckpoint("unused")
     assert set(guard.signals) == {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+
+
+@pytest.mark.slow
+def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
+    compose_cfg, tmp_path, monkeypatch, capfd
+):
+    """SIGUSR1 in a SLURM job: save, `scontrol requeue`, exit 138. SLURM answers the requeue
+    with SIGTERM to the job's tasks; this process is already stopping, so that SIGTERM is no
+    second stop (before, it was announced as one, and Lightning's handler, restored on the
+    way out, failed its collective under DDP and marked the sweep job failed)."""
+    calls = tmp_path / "scontrol.calls"
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    # Like slurmctld: record the request, then SIGTERM the job's task (the caller).
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nkill -TERM $PPID\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {
+        "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "segexp",
+        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            train(cfg)
+        ignored = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)  # this test process goes on, unlike a job
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "Requeued SLURM job 4242" in str(stopped.value)
+    assert ignored == signal.SIG_IGN  # the process exits next, with the requeue's SIGTERM ignored
+    err = capfd.readouterr().err
+    assert "received SIGUSR1" in err and "received SIGTERM" not in err, err[-2000:]
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt_state(last)["global_step"] == 2
