@@ -5,7 +5,8 @@ The second dataset ("marks") is written here: 96 px images (the shapes data is 6
 4 classes (background, cross, hexagon, crescent: none of them a shapes class) drawn in
 muted colours on a striped background, and only 48 training images, the setting where
 starting from another dataset's weights should pay. The source model is the default
-recipe trained on the shapes data for a few epochs; both target runs are the default
+recipe trained on the shapes data to its end (what ``make train`` gives; a source trained
+for 3 epochs, val mIoU 0.23, gave +0.01 only); both target runs are the default
 recipe on "marks" with the same seed, differing only in ``init_from=`` (the 6-class head
 does not fit the 4 classes and keeps its fresh init; everything else is loaded). Every
 run is ``python train.py``, exactly what a user runs.
@@ -22,7 +23,7 @@ import numpy as np
 from benchmarks.harness import Figure, Settings, python, run_checked, write_folder_dataset
 
 CLASSES = ("background", "cross", "hexagon", "crescent")
-SOURCE_EPOCHS, QUICK_SOURCE_EPOCHS = 3, 1
+SOURCE_EPOCHS, QUICK_SOURCE_EPOCHS = 28, 1  # 28: the default recipe's own length
 TARGET_EPOCHS, QUICK_TARGET_EPOCHS = 10, 1
 COUNTS = {"train": 48, "val": 24}
 QUICK_COUNTS = {"train": 8, "val": 4}
