@@ -83,9 +83,6 @@ class SignalCheckpoint(pl.Callback):
         self.requeue_signal = getattr(signal, requeue_signal) if requeue_signal else None
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
-        # SIGTERM's handler, and the one Lightning restores at exit, before a requeue ignored it
-        self._sigterm_handler: Any = signal.SIG_DFL
-        self._sigterm_original: Any = signal.SIG_DFL
 
     @property
     def ckpt_path(self) -> Path:
@@ -158,7 +155,7 @@ class SignalCheckpoint(pl.Callback):
             callback.last_model_path = path
         job_id = slurm_job_id() if signum == self.requeue_signal else None
         if job_id is not None:
-            self._expect_requeue_sigterm(trainer)
+            self._expect_requeue_sigterm()
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
         run_dir = self.dirpath.parent
         stopped = (
@@ -179,30 +176,25 @@ class SignalCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
         if requeued:
-            self._previous.pop(signal.SIGTERM, None)  # stays ignored until the process exits
-        elif job_id is not None and _in_main_thread():  # no requeue, so no SIGTERM from it
-            signal.signal(signal.SIGTERM, self._sigterm_handler)
+            # SIGTERM stays ignored until the process exits: not put back by _restore(), and
+            # Lightning's teardown, which restores the handlers it found at fit start (SIG_DFL
+            # would kill the process mid-exit), puts back "ignore" too.
+            self._previous.pop(signal.SIGTERM, None)
             originals = _restored_at_teardown(trainer)
             if signal.SIGTERM in originals:
-                originals[signal.SIGTERM] = self._sigterm_original
-        self._restore()
+                originals[signal.SIGTERM] = signal.SIG_IGN
+        self._restore()  # without a requeue, SIGTERM's handler from before comes back here
         raise Interrupted(signum, message)
 
-    def _expect_requeue_sigterm(self, trainer: pl.Trainer) -> None:
+    def _expect_requeue_sigterm(self) -> None:
         # `scontrol requeue` has SLURM send SIGTERM to every task of the job at once, while
         # this process is already stopping in order. That SIGTERM is no new request: left to our
         # handler it would announce a second stop, and to Lightning's (restored at exit) it
         # broadcasts to ranks that have left, fails, and the sweep records the job as failed.
         # Set on every rank before the checkpoint's barrier, so before rank 0 can requeue.
-        if not _in_main_thread():
-            return
-        self._sigterm_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN) or signal.SIG_DFL
-        # Lightning's teardown puts back the handlers it found at fit start (SIG_DFL, which
-        # would kill the process mid-exit): have it put back "ignore" instead.
-        originals = _restored_at_teardown(trainer)
-        if signal.SIGTERM in originals:
-            self._sigterm_original = originals[signal.SIGTERM]
-            originals[signal.SIGTERM] = signal.SIG_IGN
+        if _in_main_thread():
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self._previous.setdefault(signal.SIGTERM, previous)  # for _restore() if no requeue
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any

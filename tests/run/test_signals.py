@@ -150,19 +150,15 @@ def test_signal_checkpoint_handles_the_three_signals():
     assert set(guard.signals) == {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 
-@pytest.mark.slow
-def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
-    compose_cfg, tmp_path, monkeypatch, capfd
-):
-    """SIGUSR1 in a SLURM job: save, `scontrol requeue`, exit 138. SLURM answers the requeue
-    with SIGTERM to the job's tasks; this process is already stopping, so that SIGTERM is no
-    second stop (before, it was announced as one, and Lightning's handler, restored on the
-    way out, failed its collective under DDP and marked the sweep job failed)."""
+def fake_slurm_job(tmp_path: Path, monkeypatch, requeue_works: bool) -> Path:
+    """This process as task 0 of SLURM job 4242, with an ``scontrol`` that records its
+    arguments and, like slurmctld on a requeue, SIGTERMs the job's task (its caller), or
+    fails. Returns the file of recorded calls."""
     calls = tmp_path / "scontrol.calls"
     fake = tmp_path / "bin" / "scontrol"
     fake.parent.mkdir()
-    # Like slurmctld: record the request, then SIGTERM the job's task (the caller).
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nkill -TERM $PPID\n')
+    answer = "kill -TERM $PPID\n" if requeue_works else "echo 'requeue refused' >&2\nexit 1\n"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n{answer}')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     for key, value in {
@@ -172,6 +168,18 @@ def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
     }.items():  # fmt: skip
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    return calls
+
+
+@pytest.mark.slow
+def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
+    compose_cfg, tmp_path, monkeypatch, capfd
+):
+    """SIGUSR1 in a SLURM job: save, `scontrol requeue`, exit 138. SLURM answers the requeue
+    with SIGTERM to the job's tasks; this process is already stopping, so that SIGTERM is no
+    second stop (before, it was announced as one, and Lightning's handler, restored on the
+    way out, failed its collective under DDP and marked the sweep job failed)."""
+    calls = fake_slurm_job(tmp_path, monkeypatch, requeue_works=True)
     before = signal.getsignal(signal.SIGTERM)
     cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
     try:
@@ -188,3 +196,23 @@ def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
     assert "received SIGUSR1" in err and "received SIGTERM" not in err, err[-2000:]
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert ckpt_state(last)["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_failed_slurm_requeue_gives_sigterm_back_and_says_how_to_resume(
+    compose_cfg, tmp_path, monkeypatch
+):
+    """When `scontrol requeue` fails no SIGTERM comes from it: SIGTERM's handler is what it
+    was before training, and the message gives the resume command instead."""
+    calls = fake_slurm_job(tmp_path, monkeypatch, requeue_works=False)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            train(cfg)
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "resume=" in str(stopped.value) and "Requeued" not in str(stopped.value)
+    assert after == before
