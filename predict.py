@@ -165,7 +165,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segexp.run.errors import hydra_entry
     from segexp.run.hydra_help import speed_up_help
 
     speed_up_help()
-    main()
+    hydra_entry(main)  # Hydra's own config errors exit 2 too

@@ -120,6 +120,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from segexp.run.errors import hydra_entry
     from segexp.run.hydra_help import speed_up_help
     from segexp.run.reproduce import ReproduceError, rewrite_argv
 
@@ -130,4 +131,4 @@ if __name__ == "__main__":
     except ReproduceError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    main()
+    hydra_entry(main)  # Hydra's own config errors exit 2 too

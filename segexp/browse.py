@@ -67,8 +67,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segexp.run.errors import hydra_entry
     from segexp.run.hydra_help import speed_up_help
 
     sys.argv = [sys.argv[0], *translate_legacy_flags(sys.argv[1:])]
     speed_up_help()
-    main()
+    hydra_entry(main)  # Hydra's own config errors exit 2 too

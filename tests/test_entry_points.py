@@ -71,3 +71,28 @@ def test_user_error_is_one_line_and_exit_2(tmp_path: Path, args: list[str], name
     assert len(errors) == 1, output[-3000:]
     assert names.format(tmp=tmp_path) in errors[0]
     assert "Traceback" not in output
+
+
+HYDRA_APPS = [
+    ["train.py"],
+    ["evaluate.py"],
+    ["predict.py"],
+    ["-m", "segexp.export"],
+    ["-m", "segexp.check"],
+    ["-m", "segexp.tune_crf"],
+    ["-m", "segexp.browse"],
+]
+
+
+@pytest.mark.parametrize("app", HYDRA_APPS, ids=[a[-1] for a in HYDRA_APPS])
+def test_misspelled_key_exits_2_with_hydras_message(tmp_path: Path, app: list[str]) -> None:
+    """A key the config does not have is rejected by Hydra before our code runs; Hydra exits
+    1 there, which schedulers and scripts read as a crash. It must be 2, like our own errors,
+    with Hydra's message naming the key and how to add it, and no traceback."""
+    args = [str(REPO / app[0]) if app[0].endswith(".py") else app[0], *app[1:]]
+    result = run_script(*args, "no_such_key=3", cwd=tmp_path, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Could not override 'no_such_key'" in result.stderr
+    assert "+no_such_key=3" in result.stderr  # the fix, if the key was meant to be new
+    assert "Traceback" not in output

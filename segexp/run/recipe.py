@@ -339,6 +339,22 @@ def _device(cfg: DictConfig) -> str:
     return "cpu"
 
 
+def choose_for(cfg: DictConfig, budget_s: float | None) -> tuple[DatasetStats, list[Choice]]:
+    """The train split's statistics (scanned once, then cached) and the recipe ``choose``
+    gives for them, this budget and the configured device; ``cfg`` is left as it is."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # generated datasets (shapes) are written here
+    stats = cached_stats(
+        datamodule.raw_dataset("train"),
+        datamodule.num_classes,
+        datamodule.ignore_index,
+        Path(cfg.paths.data_dir) / "recipe_stats",
+    )
+    return stats, choose(stats, budget_s, _device(cfg), datamodule.class_names)
+
+
 def apply_recipe(
     cfg: DictConfig, budget_s: float | None = None, user_keys: set[str] | None = None
 ) -> list[Choice] | None:
@@ -346,8 +362,6 @@ def apply_recipe(
 
     ``recipe: auto-applied`` (a reproduction) and ``recipe: null`` do nothing and return None.
     """
-    from hydra.utils import instantiate
-
     from segexp.run.ranks import is_global_zero
     from segexp.run.rundir import update_run_info, write_text
 
@@ -359,17 +373,8 @@ def apply_recipe(
             f"recipe={recipe!r}: the only recipe is 'auto' (choose from the data and the budget); "
             "drop recipe= to train the configured one."
         )
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()  # generated datasets (shapes) are written here
-    dataset = datamodule.raw_dataset("train")
-    stats = cached_stats(
-        dataset,
-        datamodule.num_classes,
-        datamodule.ignore_index,
-        Path(cfg.paths.data_dir) / "recipe_stats",
-    )
     user_keys = command_line_keys() if user_keys is None else set(user_keys)
-    choices = choose(stats, budget_s, _device(cfg), datamodule.class_names)
+    stats, choices = choose_for(cfg, budget_s)
     applied, kept = keep_user_keys(choices, user_keys)
     apply_choices(cfg, applied)
     if not is_global_zero():
@@ -405,4 +410,13 @@ def apply_recipe(
     return applied
 
 
-__all__ = ["Choice", "DatasetStats", "apply_recipe", "choose", "keep_user_keys", "scan_stats"]
+__all__ = [
+    "Choice",
+    "DatasetStats",
+    "apply_choices",
+    "apply_recipe",
+    "choose",
+    "choose_for",
+    "keep_user_keys",
+    "scan_stats",
+]
