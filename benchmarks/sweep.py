@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.harness import Figure, Settings, python, run_checked
 
-TRIALS, EPOCHS = 8, 5
+TRIALS, EPOCHS = 16, 10
 QUICK_TRIALS, QUICK_EPOCHS = 3, 2
 # The search: the default model; a learning rate from hopeless to good, weight decay, loss.
 SPACE = [
