@@ -79,7 +79,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from segexp.run.errors import hydra_entry
+    from segexp.run.entry import hydra_entry
     from segexp.run.hydra_help import speed_up_help
 
     speed_up_help()

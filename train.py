@@ -120,7 +120,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from segexp.run.errors import hydra_entry
+    from segexp.run.entry import hydra_entry
     from segexp.run.hydra_help import speed_up_help
     from segexp.run.reproduce import ReproduceError, rewrite_argv
 

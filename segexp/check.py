@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     from segexp.data.check import translate_argv
-    from segexp.run.errors import hydra_entry
+    from segexp.run.entry import hydra_entry
 
     sys.argv = [sys.argv[0], *translate_argv(sys.argv[1:])]
     hydra_entry(main)  # Hydra's own config errors exit 2 too

@@ -11,7 +11,7 @@ from __future__ import annotations
 from segexp.infer.export import main
 
 if __name__ == "__main__":
-    from segexp.run.errors import hydra_entry
+    from segexp.run.entry import hydra_entry
     from segexp.run.hydra_help import speed_up_help
 
     speed_up_help()

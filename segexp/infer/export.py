@@ -350,6 +350,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from segexp.run.errors import hydra_entry
+    from segexp.run.entry import hydra_entry
 
     hydra_entry(main)  # Hydra's own config errors exit 2 too

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from segexp.errors import UserError
+from segexp.run.entry import USER_ERROR_EXIT
 from segexp.run.signals import Interrupted, NonFiniteLossError
 
-USER_ERROR_EXIT = 2
 T = TypeVar("T")
 
 
@@ -92,30 +92,12 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
     raise SystemExit(code)
 
 
-# Set once an entry point's own code runs (exit_codes); until then, a failure is Hydra's.
-_reached_task = False
-
-
-def hydra_entry(main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` entry point so that a command line Hydra cannot compose (a
-    misspelled key, an unknown option, a bad override) exits 2 like every other user error.
-
-    Hydra prints its own one-paragraph message for those and exits 1 before our code runs;
-    an exit 1 after that (``exit_codes`` was entered) is left as it is.
-    """
-    try:
-        main()
-    except SystemExit as error:
-        if error.code == 1 and not _reached_task:
-            raise SystemExit(USER_ERROR_EXIT) from None
-        raise
-
-
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
-    global _reached_task
-    _reached_task = True
+    from segexp.run.entry import reached_our_code
+
+    reached_our_code()
     try:
         yield
     except Interrupted:
