@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from segexp.errors import UserError
-from segexp.run.entry import USER_ERROR_EXIT
+from segexp.run.entry import USER_ERROR_EXIT, reached_our_code
 from segexp.run.signals import Interrupted, NonFiniteLossError
 
 T = TypeVar("T")
@@ -95,8 +95,6 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
-    from segexp.run.entry import reached_our_code
-
     reached_our_code()
     try:
         yield
