@@ -171,6 +171,23 @@ def fake_slurm_job(tmp_path: Path, monkeypatch, requeue_works: bool) -> Path:
     return calls
 
 
+def usr1_in_slurm_job(compose_cfg):
+    """Train three steps with SIGUSR1 at the first batch, in the job fake_slurm_job set up.
+
+    Returns (cfg, the Interrupted it stopped with, SIGTERM's handler as training left it,
+    SIGTERM's handler before training); SIGTERM's handler is put back afterwards, since this
+    test process goes on, unlike a job."""
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            train(cfg)
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    return cfg, stopped, after, before
+
+
 @pytest.mark.slow
 def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
     compose_cfg, tmp_path, monkeypatch, capfd
@@ -180,14 +197,7 @@ def test_slurm_requeue_ignores_the_sigterm_that_comes_with_it(
     second stop (before, it was announced as one, and Lightning's handler, restored on the
     way out, failed its collective under DDP and marked the sweep job failed)."""
     calls = fake_slurm_job(tmp_path, monkeypatch, requeue_works=True)
-    before = signal.getsignal(signal.SIGTERM)
-    cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
-    try:
-        with pytest.raises(Interrupted) as stopped:
-            train(cfg)
-        ignored = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, before)  # this test process goes on, unlike a job
+    cfg, stopped, ignored, _ = usr1_in_slurm_job(compose_cfg)
     assert stopped.value.code == 128 + signal.SIGUSR1
     assert calls.read_text().split() == ["requeue", "4242"]
     assert "Requeued SLURM job 4242" in str(stopped.value)
@@ -205,14 +215,7 @@ def test_failed_slurm_requeue_gives_sigterm_back_and_says_how_to_resume(
     """When `scontrol requeue` fails no SIGTERM comes from it: SIGTERM's handler is what it
     was before training, and the message gives the resume command instead."""
     calls = fake_slurm_job(tmp_path, monkeypatch, requeue_works=False)
-    before = signal.getsignal(signal.SIGTERM)
-    cfg = compose_cfg([*THREE_STEPS, *signal_at(signal.SIGUSR1, epoch=0, batch=0)])
-    try:
-        with pytest.raises(Interrupted) as stopped:
-            train(cfg)
-        after = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    _, stopped, after, before = usr1_in_slurm_job(compose_cfg)
     assert calls.read_text().split() == ["requeue", "4242"]
     assert "resume=" in str(stopped.value) and "Requeued" not in str(stopped.value)
     assert after == before
