@@ -5,16 +5,20 @@ of images, pixel frequency of each class: the mask scanner, ``segexp.data.scan``
 per dataset under ``<paths.data_dir>/recipe_stats``) and :func:`choose` decides what a
 careful practitioner would:
 
-- **image size**: images up to ``FULL_SIZE_MAX`` px train whole; larger ones train on random
-  crops (``augment=crop``; ``augment=strong`` for a small dataset with time to learn its
-  distortions), the crop as large as the images and the machine allow, validation at the
-  images' own size;
+- **image size**: images up to ``FULL_SIZE_MAX`` px train whole, and so do images up to the
+  device's largest crop (``CROP_CAP``) unless the CPU budget is short: a crop of an image that
+  fits would only throw context away. Larger images train on random crops (``augment=crop``;
+  ``augment=strong`` for a small dataset with time to learn its distortions), the crop as
+  large as the images and the machine allow (small crops in a short CPU budget: more steps),
+  validation at the images' own size;
 - **batch size**: about the same number of pixels per step as the tuned default (more on a GPU);
 - **model**: ``unet_small`` (stride 16, a quarter of the parameters: more steps per minute)
-  for small images or a short CPU budget, ``unet`` (stride 32: the context large objects need)
-  otherwise;
-- **loss**: Dice added to cross-entropy when a class is rare, class-weighted cross-entropy
-  when one is very rare, plain cross-entropy for balanced classes;
+  for small images or a CPU budget under ``SMALL_MODEL_CPU_BUDGET_S``, ``unet`` (stride 32:
+  the context large objects need) otherwise;
+- **loss**: Dice added to cross-entropy when a class is rare, plain cross-entropy for
+  balanced classes; in a short CPU budget, cross-entropy weighted by median frequency as
+  well when a class is very rare (Dice alone needs hundreds of steps to find such a class;
+  given them, the weights only add false positives);
 - **augmentation strength**: as above;
 - **epochs**, without a budget: about ``TARGET_STEPS`` optimisation steps (with a budget the
   budget sets the steps, ``segexp.run.budget``).
@@ -46,11 +50,12 @@ FULL_SIZE_MAX = 160  # px, longer side: images up to this train whole
 CROPS = (128, 192, 256, 384, 512)
 PIXELS_PER_BATCH = {"cpu": 4 * 64 * 64, "gpu": 8 * 512 * 512}  # the tuned defaults
 CROP_CAP = {"cpu": 256, "gpu": 512}
-SHORT_CPU_BUDGET_S = 600  # below this on a CPU: the smaller network, smaller crops
+SHORT_CPU_BUDGET_S = 600  # below this on a CPU: small crops, class weights for a very rare class
+SMALL_MODEL_CPU_BUDGET_S = 3600  # below this on a CPU: the smaller network
 STRONG_AUGMENT_MAX_IMAGES = 300  # fewer train images than this, and time: augment=strong
 STRONG_AUGMENT_MIN_BUDGET_S = 1800
 RARE = 0.05  # a class below this fraction of the labelled pixels is rare: Dice is added
-VERY_RARE = 0.005  # below this: cross-entropy weighted by median frequency as well
+VERY_RARE = 0.005  # below this, in a short CPU budget: cross-entropy weighted as well
 TARGET_STEPS = {"cpu": 2800, "gpu": 20000}  # steps of a run without a budget
 EPOCH_RANGE = (5, 300)
 MAX_SCANNED = 500  # masks read for the statistics (evenly spread over the split)
@@ -157,17 +162,23 @@ def choose(
     (None: no budget) on ``device`` ("cpu" or "gpu"). Group choices come before the keys
     inside those groups."""
     names = class_names or [f"class_{i}" for i in range(len(stats.class_fraction))]
-    short_budget = device == "cpu" and budget_s is not None and budget_s < SHORT_CPU_BUDGET_S
+    cpu_budget = budget_s if device == "cpu" and budget_s is not None else math.inf
+    short_budget = cpu_budget < SHORT_CPU_BUDGET_S
     size = f"{stats.width}x{stats.height} px"
     choices: list[Choice] = []
 
-    # Image size: whole images when small, else random crops.
-    if stats.long_side <= FULL_SIZE_MAX:
+    # Image size: whole images when small (or no larger than a crop, given time), else crops.
+    whole = stats.long_side <= FULL_SIZE_MAX or (
+        not short_budget and stats.long_side <= CROP_CAP[device]
+    )
+    if whole:
         choices.append(
             Choice(
                 "augment",
                 "light",
-                f"images of {size} train whole; flips and 90-degree turns are safe for any data",
+                f"images of {size} train whole"
+                + ("" if stats.long_side <= FULL_SIZE_MAX else ": a crop would only lose context")
+                + "; flips and 90-degree turns are safe for any data",
                 group=True,
             )
         )
@@ -215,8 +226,8 @@ def choose(
         )
     )
 
-    # Model: stride 16 and fewer parameters for small images and short CPU runs.
-    if stats.long_side <= 128 or short_budget:
+    # Model: stride 16 and fewer parameters for small images and CPU runs of under an hour.
+    if stats.long_side <= 128 or cpu_budget < SMALL_MODEL_CPU_BUDGET_S:
         reason = (
             f"images of {size}: stride 16 already sees the whole image"
             if stats.long_side <= 128
@@ -245,12 +256,13 @@ def choose(
                 group=True,
             )
         )
-        if rarest < VERY_RARE:
+        if rarest < VERY_RARE and short_budget:
             choices.append(
                 Choice(
                     "loss.losses.ce.weight",
                     "auto",
-                    f"'{rare_name}' is under {VERY_RARE:.1%}: cross-entropy weighted by median frequency",
+                    f"'{rare_name}' is under {VERY_RARE:.1%} and the budget short: "
+                    "cross-entropy weighted by median frequency",
                 )
             )
     else:

@@ -70,12 +70,40 @@ def test_large_images_with_a_rare_class_crop_and_weight_it():
     }
     long = values(choose(LARGE_RARE, budget_s=3 * 3600, device="cpu"))
     assert long["augment.crop_size"] == 256 and long["model"] == "unet"
+    assert "loss.losses.ce.weight" not in long  # hours of steps: Dice alone finds the class
     gpu = values(choose(LARGE_RARE, budget_s=None, device="gpu"))
-    assert gpu["augment.crop_size"] == 384  # the largest crop the images hold
-    assert gpu["data.batch_size"] == 14 and gpu["model"] == "unet"
-    assert gpu["trainer.max_epochs"] == round(20000 / math.ceil(1200 / 14))
+    assert gpu["augment"] == "light"  # 512 px fit a GPU's largest crop: whole images
+    assert gpu["data.batch_size"] == 11 and gpu["model"] == "unet"
+    assert gpu["trainer.max_epochs"] == round(20000 / math.ceil(1200 / 11))
+    wider = DatasetStats(**{**vars(LARGE_RARE), "height": 768, "width": 1024})
+    assert values(choose(wider, budget_s=None, device="gpu"))["augment.crop_size"] == 512
     few = DatasetStats(**{**vars(LARGE_RARE), "images": 80})
     assert values(choose(few, budget_s=None, device="cpu"))["augment"] == "strong"
+
+
+def test_mid_size_images_crop_only_in_a_short_cpu_budget():
+    """256x192 px scenes with a very rare class (benchmark figure 9(b)'s "signs"): in a short
+    CPU budget small crops, the small network and class weights buy steps and recall; at
+    10 minutes whole images and plain ce_dice, still the small network."""
+    signs = DatasetStats(
+        images=300,
+        scanned=300,
+        height=192,
+        width=256,
+        class_fraction=[0.53, 0.37, 0.099, 0.00064],
+        image_fraction=[1.0, 1.0, 1.0, 0.41],
+    )
+    short = values(choose(signs, budget_s=180, device="cpu"))
+    assert short["augment"] == "crop" and short["augment.crop_size"] == 128
+    assert short["model"] == "unet_small" and short["loss.losses.ce.weight"] == "auto"
+    ten = values(choose(signs, budget_s=600, device="cpu"))
+    assert ten == {
+        "augment": "light",
+        "data.batch_size": 4,
+        "model": "unet_small",
+        "loss": "ce_dice",
+    }
+    assert values(choose(signs, budget_s=2 * 3600, device="cpu"))["model"] == "unet"
 
 
 def test_keys_set_on_the_command_line_are_kept():
