@@ -3,6 +3,7 @@
     python -m benchmarks.gpu                  # on a GPU machine: the table of the issue
     python -m benchmarks.gpu --smoke          # tiny, on the CPU: checks the script runs
     python -m benchmarks.gpu --variants fp32,bf16
+    python -m benchmarks.gpu --metrics        # our confusion matrix vs torchmetrics, on the GPU
 
 Each variant trains the same network (forward, cross-entropy, backward, AdamW step)
 on one random batch held on the device; images/s is timed after warm-up steps
@@ -93,6 +94,18 @@ def measure(
     }
 
 
+def metrics_side_by_side(device: str, quick: bool) -> list[dict]:
+    """Figure 3's torchmetrics comparison (64 px x 4, 512 px x 8) on ``device``, printed."""
+    from benchmarks.harness import Settings
+    from benchmarks.metrics import torchmetrics_side_by_side
+
+    print(f"metric update per batch on {device}, torch {torch.__version__}")
+    figures = torchmetrics_side_by_side(Settings(quick=quick), 6, device)
+    for figure in figures:
+        print(figure.line(), flush=True)
+    return [{"name": f.name, "value": f.value, "note": f.note} for f in figures]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
@@ -106,7 +119,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="time our confusion matrix against torchmetrics' Jaccard and ConfMat instead",
+    )
     args = parser.parse_args(argv)
+    if args.metrics:
+        return metrics_side_by_side(
+            args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.smoke
+        )
     if args.smoke:
         args.size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
         args.device = args.device or "cpu"

@@ -14,6 +14,7 @@ classes), so those are written here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -34,27 +35,81 @@ def _check_weight(weight: torch.Tensor | None, num_classes: int, key: str) -> No
         )
 
 
+class PixelTerms:
+    """What several losses read from the same logits and target, each computed once.
+
+    A ``WeightedSum`` hands one of these to every member that takes it (``ce_dice``: one
+    log-softmax for both terms instead of a log-softmax and a softmax, one gather of each
+    pixel's own class): the same values and gradients as computing them in each loss, at
+    about half the cost of the pair (BENCHMARKS.md, figure 3).
+    """
+
+    def __init__(self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+        self.logits = logits
+        self.target = target
+        self.ignore_index = ignore_index
+        self.num_classes = logits.shape[1]
+
+    @functools.cached_property
+    def valid(self) -> torch.Tensor:
+        """(B, H, W) bool: labelled pixels."""
+        return self.target != self.ignore_index
+
+    @functools.cached_property
+    def labels(self) -> torch.Tensor:
+        """(B, H, W) long: each pixel's class, clamped into [0, C) where ignored (every use
+        masks those pixels by ``valid``; the datasets reject other labels outside [0, C))."""
+        return self.target.long().clamp(0, self.num_classes - 1)
+
+    @functools.cached_property
+    def log_probs(self) -> torch.Tensor:
+        return self.logits.float().log_softmax(dim=1)
+
+    @functools.cached_property
+    def probs(self) -> torch.Tensor:
+        if "log_probs" in self.__dict__:  # a loss asked for log-probabilities already
+            return self.log_probs.exp()
+        return self.logits.float().softmax(dim=1)
+
+    @functools.cached_property
+    def own_log_prob(self) -> torch.Tensor:
+        """(B, H, W): log p(the pixel's own class); meaningless where not ``valid``."""
+        return self.log_probs.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+
+    def own_prob(self) -> torch.Tensor:
+        if "own_log_prob" in self.__dict__:
+            return self.own_log_prob.exp()
+        return self.probs.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+
+    def soft_counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Soft true positives, predicted and target totals per class over labelled pixels:
+        (C,) each. The true positives are the probability of each pixel's own class, summed
+        per class (index_add), not a (B, C, H, W) one-hot product: the same numbers and
+        gradients at a fraction of the cost."""
+        classes, valid, probs = self.num_classes, self.valid, self.probs
+        pred_total = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
+        own = self.own_prob() * valid
+        true_pos = probs.new_zeros(classes).index_add(0, self.labels.reshape(-1), own.reshape(-1))
+        # Ignored pixels counted in an extra bin and cut off: boolean indexing costs 7x more.
+        if 0 <= self.ignore_index < classes:  # an ignored id that is also a class id
+            binned = torch.where(valid, self.labels, classes)
+        else:  # ignore_index and anything else outside [0, C) clamp to the extra bin C
+            binned = self.target.long().clamp(0, classes)
+        target_total = torch.bincount(binned.reshape(-1), minlength=classes + 1)
+        return true_pos, pred_total, target_total[:classes].to(probs.dtype)
+
+
 def _soft_counts(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Soft true positives, predicted and target totals per class over labelled pixels: (C,) each.
+    """:meth:`PixelTerms.soft_counts` for one loss on its own."""
+    return PixelTerms(logits, target, ignore_index).soft_counts()
 
-    The true positives are the probability of each pixel's own class, summed per class
-    (gather + index_add), not a (B, C, H, W) one-hot product: the same numbers and
-    gradients at a fraction of the cost.
-    """
-    num_classes = logits.shape[1]
-    probs = logits.float().softmax(dim=1)  # (B, C, H, W)
-    valid = target != ignore_index  # (B, H, W)
-    labels = torch.where(valid, target, 0).long()
-    pred_total = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
-    own = probs.gather(1, labels.unsqueeze(1)).squeeze(1) * valid  # p(true class) per pixel
-    flat = labels.reshape(-1)
-    true_pos = probs.new_zeros(num_classes).index_add(0, flat, own.reshape(-1))
-    # Ignored pixels counted in an extra bin and cut off: boolean indexing costs 7x more.
-    binned = torch.where(valid, labels, num_classes).reshape(-1)
-    target_total = torch.bincount(binned, minlength=num_classes + 1)
-    return true_pos, pred_total, target_total[:num_classes].to(probs.dtype)
+
+def _present_mean(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the ``present`` entries (0 when none), with no boolean index
+    and no host sync."""
+    return (values * present).sum() / present.sum().clamp_min(1)
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -77,11 +132,23 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
             label_smoothing=label_smoothing,
         )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
+    ) -> torch.Tensor:
         _check_weight(self.weight, logits.shape[1], "loss.weight")
+        if terms is not None and self.label_smoothing == 0:
+            # From the shared log-probabilities: torch's definition, sum(w[y] * -log p_y) /
+            # sum(w[y]) over labelled pixels, and 0 (not 0/0) when there is none.
+            weight = terms.valid.to(terms.log_probs.dtype)
+            if self.weight is not None:
+                weight = weight * self.weight.to(weight.device)[terms.labels]
+            return -(weight * terms.own_log_prob).sum() / weight.sum().clamp_min(1e-12)
         if not (target != self.ignore_index).any():
             return logits.sum() * 0.0  # torch would return 0/0 = NaN
         return super().forward(logits.float(), target)
+
+    def takes_terms(self) -> bool:
+        return self.label_smoothing == 0
 
 
 class DiceLoss(nn.Module):
@@ -98,14 +165,19 @@ class DiceLoss(nn.Module):
         self.smooth = smooth
         self.eps = eps
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        intersection, pred_total, target_total = _soft_counts(logits, target, self.ignore_index)
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
+    ) -> torch.Tensor:
+        terms = terms or PixelTerms(logits, target, self.ignore_index)
+        intersection, pred_total, target_total = terms.soft_counts()
         cardinality = pred_total + target_total
         dice = (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
         present = target_total > 0
-        if not present.any():
-            return logits.sum() * 0.0
-        return 1.0 - dice[present].mean()
+        # No class present (no labelled pixel): 0, still attached to the graph.
+        return (1.0 - _present_mean(dice, present)) * present.any()
+
+    def takes_terms(self) -> bool:
+        return True
 
 
 class TverskyLoss(nn.Module):
@@ -213,4 +285,16 @@ class WeightedSum(nn.Module):
         self.weights = {name: float(weights.get(name, 1.0)) for name in self.losses}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(self.weights[name] * loss(logits, target) for name, loss in self.losses.items())
+        # Members that read the same pixel terms (same ignore_index) get them computed once.
+        shared: dict[int, PixelTerms] = {}
+        total = None
+        for name, loss in self.losses.items():
+            if getattr(loss, "takes_terms", lambda: False)():
+                ignore = loss.ignore_index
+                terms = shared.setdefault(ignore, PixelTerms(logits, target, ignore))
+                value = loss(logits, target, terms=terms)
+            else:
+                value = loss(logits, target)
+            term = self.weights[name] * value
+            total = term if total is None else total + term
+        return total if total is not None else logits.sum() * 0.0

@@ -114,14 +114,15 @@ class EvalState(Metric):
         self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
     ) -> None:
         classes = self.num_classes
-        target = target.reshape(-1).long()
-        keys = target * classes + preds.reshape(-1).long()
-        dropped = (target < 0) | (target >= classes)  # e.g. 255, or anything unlabelled
+        # Targets outside [0, C) (e.g. 255, anything unlabelled) clamp to -1 or C: rows of
+        # their own in a (C + 2) x C matrix, cut off below. Three tensor operations where a
+        # mask of dropped pixels takes six (this runs on every validation batch).
+        rows = target.reshape(-1).long().clamp(-1, classes)
         if self.ignore_index is not None and 0 <= self.ignore_index < classes:
-            dropped |= target == self.ignore_index  # an ignored id that is also a class id
-        keys = keys.masked_fill(dropped, classes * classes)  # one extra bin, cut off below
-        counts = torch.bincount(keys, minlength=classes * classes + 1)
-        self.confmat += counts[: classes * classes].reshape(classes, classes)
+            rows = rows.masked_fill(rows == self.ignore_index, classes)  # also a class id
+        keys = torch.add(preds.reshape(-1).long(), rows.add_(1), alpha=classes)
+        counts = torch.bincount(keys, minlength=(classes + 2) * classes)
+        self.confmat += counts[classes : classes * (classes + 1)].view(classes, classes)
         if loss is not None:
             self.loss_sum += loss.detach().double() * len(preds)
             self.samples += len(preds)

@@ -170,6 +170,40 @@ def test_weighted_sum():
         WeightedSum({"ce": ce}, {"lovasz": 1.0})
 
 
+@pytest.mark.parametrize(
+    "ce_options, ignore",
+    [
+        ({}, IGNORE),
+        ({"weight": [0.5, 2.0, 1.0, 3.0]}, IGNORE),
+        ({}, 0),
+        ({"label_smoothing": 0.1}, IGNORE),
+    ],
+    ids=["plain", "class-weights", "ignore-is-a-class", "label-smoothing"],
+)
+def test_weighted_sum_shares_pixel_terms_with_the_same_values_and_gradients(ce_options, ignore):
+    """ce + dice in a WeightedSum read one log-softmax (PixelTerms); the value and the
+    gradient equal those of each loss computed on its own (torch's cross-entropy)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 9, 7) * 3
+    target = torch.randint(0, 4, (2, 9, 7))
+    target[0, :3] = ignore
+    ce = CrossEntropyLoss(ignore_index=ignore, **ce_options)
+    dice = DiceLoss(ignore_index=ignore)
+    shared_x = logits.clone().requires_grad_(True)
+    shared = WeightedSum({"ce": ce, "dice": dice}, {"ce": 0.7, "dice": 1.3})(shared_x, target)
+    shared.backward()
+    alone_x = logits.clone().requires_grad_(True)
+    alone = 0.7 * nn.functional.cross_entropy(
+        alone_x,
+        target,
+        ignore_index=ignore,
+        **{k: torch.tensor(v) if k == "weight" else v for k, v in ce_options.items()},
+    ) + 1.3 * DiceLoss(ignore_index=ignore)(alone_x, target)
+    alone.backward()
+    assert shared.item() == pytest.approx(alone.item(), rel=1e-5)
+    torch.testing.assert_close(shared_x.grad, alone_x.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_class_weight_length_is_checked():
     with pytest.raises(ValueError, match="loss.weight has 2 entries.*3 classes"):
         CrossEntropyLoss(weight=[1.0, 2.0])(*as_tensors())
