@@ -125,14 +125,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="time our confusion matrix against torchmetrics' Jaccard and ConfMat instead",
     )
     args = parser.parse_args(argv)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.metrics:
-        return metrics_side_by_side(
-            args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.smoke
-        )
+        return metrics_side_by_side(args.device or default_device, args.smoke)
     if args.smoke:
         args.size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
         args.device = args.device or "cpu"
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or default_device)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:

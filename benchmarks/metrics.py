@@ -104,6 +104,7 @@ def torchmetrics_side_by_side(
     from segexp.model.metrics import EvalState
 
     cases = [(64, 4)] if settings.quick else [(64, 4), (512, 8)]
+    on_gpu = torch.device(device).type == "cuda"
     figures = []
     for side, batch in cases:
         generator = torch.Generator().manual_seed(0)
@@ -120,7 +121,7 @@ def torchmetrics_side_by_side(
         }
         for metric in metrics.values():
             metric.to(device)
-        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         repeat = 3 if settings.quick else (200 if side == 64 else 10)
 
         def timed(metric, preds=preds, target=target, repeat=repeat, sync=sync):
@@ -137,9 +138,7 @@ def torchmetrics_side_by_side(
         results = interleaved({k: timed(m) for k, m in metrics.items()}, 5, warmup=True)
         ms = {k: best(v) * 1e3 for k, v in results.items()}
         agree = torch.equal(metrics["ours"].confmat, metrics["confmat"].confmat)
-        where = f"{side} px x batch {batch}, " + (
-            torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "CPU"
-        )
+        where = f"{side} px x batch {batch}, " + (torch.cuda.get_device_name() if on_gpu else "CPU")
         figures += [
             Figure(f"update ms, ours / Jaccard / ConfMat ({side} px)", ms["ours"], "ms",
                    note=f"{ms['jaccard']:.3g} / {ms['confmat']:.3g} ms; {where}; same counts: {agree}"),

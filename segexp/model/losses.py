@@ -99,13 +99,6 @@ class PixelTerms:
         return true_pos, pred_total, target_total[:classes].to(probs.dtype)
 
 
-def _soft_counts(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:meth:`PixelTerms.soft_counts` for one loss on its own."""
-    return PixelTerms(logits, target, ignore_index).soft_counts()
-
-
 def _present_mean(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the ``present`` entries (0 when none), with no boolean index
     and no host sync."""
@@ -168,7 +161,8 @@ class DiceLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
     ) -> torch.Tensor:
-        terms = terms or PixelTerms(logits, target, self.ignore_index)
+        if terms is None:
+            terms = PixelTerms(logits, target, self.ignore_index)
         intersection, pred_total, target_total = terms.soft_counts()
         cardinality = pred_total + target_total
         dice = (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
@@ -206,16 +200,23 @@ class TverskyLoss(nn.Module):
         self.smooth = smooth
         self.eps = eps
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        true_pos, pred_total, target_total = _soft_counts(logits, target, self.ignore_index)
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
+    ) -> torch.Tensor:
+        if terms is None:
+            terms = PixelTerms(logits, target, self.ignore_index)
+        true_pos, pred_total, target_total = terms.soft_counts()
         false_pos = pred_total - true_pos
         false_neg = target_total - true_pos
         denominator = true_pos + self.alpha * false_pos + self.beta * false_neg + self.smooth
         tversky = (true_pos + self.smooth) / denominator.clamp_min(self.eps)
         present = target_total > 0
-        if not present.any():
-            return logits.sum() * 0.0
-        return ((1.0 - tversky[present]).clamp_min(0) ** self.gamma).mean()
+        per_class = (1.0 - tversky).clamp_min(0) ** self.gamma
+        # No class present (no labelled pixel): 0, still attached to the graph.
+        return _present_mean(per_class, present) * present.any()
+
+    def takes_terms(self) -> bool:
+        return True
 
 
 class FocalLoss(nn.Module):
