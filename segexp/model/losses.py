@@ -144,7 +144,24 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         return self.label_smoothing == 0
 
 
-class DiceLoss(nn.Module):
+class _SoftCountLoss(nn.Module):
+    """A loss of the soft per-class counts (Dice, Tversky): it reads them from the
+    ``PixelTerms`` a ``WeightedSum`` shares, or from its own."""
+
+    ignore_index: int
+
+    def counts(
+        self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if terms is None:
+            terms = PixelTerms(logits, target, self.ignore_index)
+        return terms.soft_counts()
+
+    def takes_terms(self) -> bool:
+        return True
+
+
+class DiceLoss(_SoftCountLoss):
     """Multiclass soft Dice loss, 1 - mean over classes of (2|P∩T| + s) / (|P| + |T| + s).
 
     Sums run over the whole batch and ignored pixels contribute nothing. Classes
@@ -161,20 +178,15 @@ class DiceLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
     ) -> torch.Tensor:
-        if terms is None:
-            terms = PixelTerms(logits, target, self.ignore_index)
-        intersection, pred_total, target_total = terms.soft_counts()
+        intersection, pred_total, target_total = self.counts(logits, target, terms)
         cardinality = pred_total + target_total
         dice = (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
         present = target_total > 0
         # No class present (no labelled pixel): 0, still attached to the graph.
         return (1.0 - _present_mean(dice, present)) * present.any()
 
-    def takes_terms(self) -> bool:
-        return True
 
-
-class TverskyLoss(nn.Module):
+class TverskyLoss(_SoftCountLoss):
     """Tversky loss (Salehi et al. 2017), optionally focal (Abraham & Khan 2019).
 
     Per class, TI = (TP + s) / (TP + alpha * FP + beta * FN + s) with soft counts
@@ -203,9 +215,7 @@ class TverskyLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, terms: PixelTerms | None = None
     ) -> torch.Tensor:
-        if terms is None:
-            terms = PixelTerms(logits, target, self.ignore_index)
-        true_pos, pred_total, target_total = terms.soft_counts()
+        true_pos, pred_total, target_total = self.counts(logits, target, terms)
         false_pos = pred_total - true_pos
         false_neg = target_total - true_pos
         denominator = true_pos + self.alpha * false_pos + self.beta * false_neg + self.smooth
@@ -214,9 +224,6 @@ class TverskyLoss(nn.Module):
         per_class = (1.0 - tversky).clamp_min(0) ** self.gamma
         # No class present (no labelled pixel): 0, still attached to the graph.
         return _present_mean(per_class, present) * present.any()
-
-    def takes_terms(self) -> bool:
-        return True
 
 
 class FocalLoss(nn.Module):
