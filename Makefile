@@ -21,10 +21,10 @@ install: $(PY) ## create .venv and install segexp with all extras (pinned by con
 	$(PY) -c "import segexp, torch, pytorch_lightning, segmentation_models_pytorch; print('segexp installed; torch', torch.__version__)"
 
 train: ## train the default experiment (U-Net on the generated shapes data, CPU, a few minutes)
-	$(PY) train.py $(ARGS)
+	$(VENV)/bin/segexp train $(ARGS)
 
 train-debug: ## one batch of train/val/test, to check a config end to end
-	$(PY) train.py trainer=debug logger=csv $(ARGS)
+	$(VENV)/bin/segexp train trainer=debug logger=csv $(ARGS)
 
 test: ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segexp.configs import CONF_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 
 # The tiny variant of the default recipe (as tests/conftest.py's TINY): seconds, not minutes.
 QUICK_OVERRIDES = [

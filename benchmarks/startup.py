@@ -1,5 +1,5 @@
-"""Figure 4: start-up. ``train.py --help`` / ``--cfg job`` vs importing torch + Lightning,
-and the time from ``python train.py`` to its first training step.
+"""Figure 4: start-up. ``segexp --help``, ``segexp train --help`` / ``--cfg job`` vs importing
+torch + Lightning, and the time from ``python train.py`` to its first training step.
 
 Each command runs in a fresh Python process, alternated, best of N. Whether the
 script imported torch or Lightning is checked by running it in a wrapper that
@@ -11,6 +11,7 @@ records the moment the first step ends and stops the run.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytorch_lightning as pl
@@ -28,16 +29,18 @@ from benchmarks.harness import (
 TARGET = "<= 0.15"
 HEAVY = ("torch", "pytorch_lightning", "lightning", "torchmetrics", "segmentation_models_pytorch")
 
-# Runs train.py as __main__ the way `python train.py ARGS` does, then lists heavy modules loaded.
+# Runs the `segexp` command the way its console script does, then lists heavy modules loaded.
 PROBE = """
-import runpy, sys
-sys.argv = ["train.py", *sys.argv[1:]]
+import sys
+from segexp.cli.main import main
+sys.argv = ["segexp", *sys.argv[1:]]
 try:
-    runpy.run_path("train.py", run_name="__main__")
+    main()
 except SystemExit:
     pass
 print("HEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules))
 """
+SEGEXP = [sys.executable, "-m", "segexp"]  # the same as the installed `segexp` script
 
 
 def command_seconds(args: list[str]) -> float:
@@ -89,8 +92,9 @@ def run(settings: Settings) -> list[Figure]:
     repeats = 1 if settings.quick else 3
     commands = {
         "import torch, pytorch_lightning": [python(), "-c", "import torch, pytorch_lightning"],
-        "train.py --help": [python(), "train.py", "--help"],
-        "train.py --cfg job": [python(), "train.py", "--cfg", "job"],
+        "segexp --help": [*SEGEXP, "--help"],
+        "segexp train --help": [*SEGEXP, "train", "--help"],
+        "segexp train --cfg job": [*SEGEXP, "train", "--cfg", "job"],
     }
     results = interleaved(
         {k: (lambda c=c: command_seconds(c)) for k, c in commands.items()},
@@ -103,7 +107,7 @@ def run(settings: Settings) -> list[Figure]:
             "python -c 'import torch, pytorch_lightning'", baseline, "s", note=f"best of {repeats}"
         )
     ]
-    for name in ("train.py --help", "train.py --cfg job"):
+    for name in ("segexp --help", "segexp train --help", "segexp train --cfg job"):
         seconds = best(results[name])
         loaded = heavy_modules(name.split()[1:])
         note = f"imports {', '.join(loaded)}" if loaded else "imports no torch/Lightning"

@@ -11,15 +11,15 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from evaluate import evaluate
 from segexp.data.datasets.base import DataError
-from segexp.infer.report import (
+from segexp.infer.evaluate import evaluate
+from segexp.run.checkpoint import load_module
+from segexp.run.report import (
     format_report,
     plot_confusion,
     read_confusion_csv,
     write_confusion_csv,
 )
-from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.model.test_metrics import numpy_reference
 from tests.tiny_checkpoint import IGNORE, normalise, write_checkpoint, write_folder_dataset

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from predict import InputError, collect_inputs, predict, unique_stems
 from segexp.data import viz
+from segexp.infer.predict import InputError, collect_inputs, predict, unique_stems
 from segexp.run.checkpoint import load_module
 from tests.conftest import run_script
 from tests.tiny_checkpoint import normalise, write_checkpoint

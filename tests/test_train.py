@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from segexp.run.lifecycle import train
 from tests.conftest import TINY, run_script
-from train import train
 
 
 @pytest.mark.slow
@@ -75,14 +75,14 @@ def test_help_lists_groups_without_importing_torch():
 
 
 def test_help_speed_up_gives_hydras_own_answers(monkeypatch):
-    """segexp.run.hydra_help memoises Hydra's group-option lookups for --help: the same answers
+    """segexp.cli.help memoises Hydra's group-option lookups for --help: the same answers
     as Hydra's own (its defaults included: configs only unless groups are asked for)."""
     from hydra import initialize_config_dir
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.object_type import ObjectType
 
-    from segexp.run.hydra_help import speed_up_help
+    from segexp.cli.help import speed_up_help
     from tests.conftest import CONF
 
     original = ConfigLoaderImpl.get_group_options

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from segexp.configs import CONF_DIR
 from segexp.data.class_weights import median_frequency_weights
 from segexp.data.classes import ClassesError, dataset_spec, resolve_num_classes
 from segexp.data.datasets.base import DataError
 from segexp.data.scan import FIX_HINTS, LabelCounts, check_arrays
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 STAGES = ("train", "val", "test")
 
 
@@ -53,22 +53,6 @@ class Report:
     def error(self, message: str, kind: str = "other") -> None:
         self.errors.append(str(message))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-
-
-def translate_argv(argv: list[str]) -> list[str]:
-    """The legacy ``--json FILE`` / ``--json=FILE`` become the Hydra key ``json=FILE``."""
-    out, args = [], iter(argv)
-    for arg in args:
-        if arg == "--json":
-            value = next(args, None)
-            if value is None:
-                raise SystemExit("error: --json needs a file name (or use json=FILE)")
-            out.append(f"json={value}")
-        elif arg.startswith("--json="):
-            out.append(f"json={arg[len('--json=') :]}")
-        else:
-            out.append(arg)
-    return out
 
 
 def compose(overrides: list[str]):
@@ -284,9 +268,3 @@ def check(cfg) -> int:
     if report.num_classes is None and report.errors:
         print(f"error: {report.errors[-1]}", file=sys.stderr, flush=True)
     return 1 if report.errors else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``segexp.check`` in this process, from overrides (``--json FILE`` accepted): the exit code."""
-    overrides = translate_argv(list(sys.argv[1:] if argv is None else argv))
-    return check(compose(overrides))

@@ -9,7 +9,7 @@ agree with it. With no source at all the user must say: one line, two ways out.
 The model and the metrics read ``${data.num_classes}`` by interpolation, so
 ``resolve_num_classes`` runs on the composed config before anything is instantiated
 (train.py, evaluate.py, segexp.check); train.py then records the filled value in the
-run folder's ``.hydra/config.yaml`` (``recorded_config``), so reproduce and resume
+run folder's ``.hydra/config.yaml`` (``segexp.run.lifecycle.record_config``), so reproduce and resume
 read the same number.
 """
 
@@ -130,21 +130,3 @@ def resolve_num_classes(data_cfg: DictConfig, default: int | None = None) -> int
         with open_dict(data_cfg):
             data_cfg.num_classes = number
     return number
-
-
-def recorded_config(config_path: str | Path, num_classes: int) -> str | None:
-    """The text of a saved ``.hydra/config.yaml`` with ``data.num_classes`` filled in,
-    or None when it already holds that value (or is not a config with a data group)."""
-    path = Path(config_path)
-    if not path.is_file():
-        return None
-    saved = OmegaConf.load(path)
-    if not isinstance(saved, DictConfig) or "data" not in saved:
-        return None
-    if not OmegaConf.is_missing(saved.data, "num_classes") and saved.data.get("num_classes") == int(
-        num_classes
-    ):
-        return None
-    with open_dict(saved):
-        saved.data.num_classes = int(num_classes)
-    return OmegaConf.to_yaml(saved)

@@ -1,8 +1,8 @@
-"""Which dataset a checkpoint is evaluated on: the one evaluate.py and tune_crf share.
+"""Which dataset a checkpoint is evaluated on: the one ``segexp eval`` and ``tune-crf`` share.
 
 ``data=...`` from the command line, else the dataset recorded in the checkpoint; the
-split a role (train / val / test) names in that dataset; and a refusal when the
-dataset's classes are not the checkpoint's.
+split a role (train / val / test) names in that dataset; a refusal when the dataset's
+classes are not the checkpoint's; and ``checkpoint_datamodule``, which does all of it.
 """
 
 from __future__ import annotations
@@ -77,4 +77,21 @@ def check_same_classes(ckpt_path: str, checkpoint_names: list[str], data: DictCo
         f"but {where} defines {dataset}; the scores would be meaningless. Evaluate on a "
         "dataset with the checkpoint's classes (in the same order), or fix the dataset's "
         "classes.txt / data.class_names."
+    )
+
+
+def checkpoint_datamodule(cfg: DictConfig, model, split: str, **overrides):
+    """The data module that scores ``model`` on ``split``: the dataset ``data_config``
+    chooses, normalised like the checkpoint's training, its classes checked against the
+    checkpoint's (``check_same_classes``); ``overrides`` go to the data module as well."""
+    from hydra.utils import instantiate
+
+    data = data_config(cfg, model)
+    check_same_classes(cfg.ckpt_path, model.class_names, data)
+    return instantiate(
+        data,
+        test_split=split_name(data, split),
+        mean=model.hparams.mean,
+        std=model.hparams.std,
+        **overrides,
     )

@@ -1,10 +1,10 @@
 """Export a checkpoint's network to ONNX or TorchScript, with a parity check against PyTorch.
 
-    python -m segexp.export ckpt_path=.../checkpoints/last.ckpt              # ONNX
-    python -m segexp.export ckpt_path=... format=torchscript
-    python -m segexp.export ckpt_path=... output=model.onnx opset=18
+    segexp export ckpt_path=.../checkpoints/last.ckpt              # ONNX
+    segexp export ckpt_path=... format=torchscript
+    segexp export ckpt_path=... output=model.onnx opset=18
 
-    python -m segexp.export ckpt_path=... dynamic=false input_size=[256,256]   # fixed size
+    segexp export ckpt_path=... dynamic=false input_size=[256,256]   # fixed size
 
 The exported graph takes (B, 3, H, W) float32 images normalised with the
 checkpoint's mean/std (written beside it in <output>.json) and returns
@@ -31,12 +31,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from segexp.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -270,7 +268,7 @@ def export(cfg: DictConfig) -> dict:
     """Write the exported model (+ a JSON of its class names and normalisation); return a summary."""
     import torch
 
-    from segexp.run.checkpoint import load_module
+    from segexp.run.checkpoint import load_module, trusted_packages
 
     if cfg.format not in FORMATS:
         raise ExportError(f"format={cfg.format!r}: valid formats are {', '.join(FORMATS)}")
@@ -281,7 +279,7 @@ def export(cfg: DictConfig) -> dict:
             f"input_size={list(size)}: give [height, width] in pixels, e.g. [256,256]"
         )
     height, width = int(size[0]), int(size[1])
-    module = load_module(cfg.ckpt_path).eval()
+    module = load_module(cfg.ckpt_path, trust=trusted_packages(cfg)).eval()
     net = exportable(module)
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(SUFFIXES[cfg.format])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,20 +334,3 @@ def export(cfg: DictConfig) -> dict:
         result["max_abs_diff"] = worst
         print(f"parity check passed: max abs diff {worst:.3e} <= atol={cfg.atol}")
     return result
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def main(cfg: DictConfig) -> None:
-    from segexp.run.errors import exit_codes, fail
-
-    with exit_codes():
-        try:
-            export(cfg)
-        except ParityError as error:  # the export was written but disagrees: exit 1, as documented
-            fail(str(error), code=1)
-
-
-if __name__ == "__main__":
-    from segexp.run.entry import hydra_entry
-
-    hydra_entry(main)  # Hydra's own config errors exit 2 too

@@ -1,12 +1,12 @@
 """Choose dense CRF settings on the validation split, never worse there than no CRF.
 
-``python -m segexp.tune_crf ckpt_path=...`` runs the network once over the split, keeps
+``segexp tune-crf ckpt_path=...`` runs the network once over the split, keeps
 each image's softmax probabilities, un-normalised uint8 image and mask in memory (at most
 ``max_images`` of them), then scores a small grid of CRF settings by mIoU: no CRF, gentle
 settings that change almost nothing, and the grid from ``conf/tune_crf.yaml``. The best
 wins, ties going to no CRF; it is written as a ``postprocess.params`` file:
 
-    python evaluate.py ckpt_path=... postprocess=crf postprocess.params=<run>/crf_params.yaml
+    segexp eval ckpt_path=... postprocess=crf postprocess.params=<run>/crf_params.yaml
 """
 
 from __future__ import annotations
@@ -146,22 +146,16 @@ def tune_crf(cfg: DictConfig) -> dict[str, Any]:
     """The command: returns {"params": path, "setting": best, "mIoU": ..., "no_crf_mIoU": ...}."""
     from hydra.utils import instantiate
 
-    from segexp.infer.checkpoint_data import data_config, split_name
+    from segexp.infer.checkpoint_data import checkpoint_datamodule
     from segexp.infer.postprocess import DenseCRF, write_params
-    from segexp.run.checkpoint import load_module
+    from segexp.run.checkpoint import load_module, trusted_packages
 
     run_dir = Path(str(cfg.paths.output_dir))
-    module = load_module(cfg.ckpt_path)
-    data = data_config(cfg, module)
-    overrides = {
-        "test_split": split_name(data, str(cfg.split)),
-        "mean": module.hparams.mean,
-        "std": module.hparams.std,
-        "batch_size": int(cfg.batch_size),
-    }
+    module = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
+    overrides = {"batch_size": int(cfg.batch_size)}
     if cfg.get("num_workers") is not None:
         overrides["num_workers"] = int(cfg.num_workers)
-    datamodule = instantiate(data, **overrides)
+    datamodule = checkpoint_datamodule(cfg, module, str(cfg.split), **overrides)
     datamodule.prepare_data()
     datamodule.setup("test")
     inference = instantiate(cfg.inference, postprocess=None)
@@ -179,7 +173,7 @@ def tune_crf(cfg: DictConfig) -> dict[str, Any]:
 
     no_crf = results[0][1]
     header = (
-        f"Chosen by python -m segexp.tune_crf on {cfg.ckpt_path}, split {cfg.split} "
+        f"Chosen by segexp tune-crf on {cfg.ckpt_path}, split {cfg.split} "
         f"({len(samples)} images): mIoU {best_miou:.4f}, no CRF {no_crf:.4f}.\n"
         "Use: postprocess=crf postprocess.params=<this file>"
     )

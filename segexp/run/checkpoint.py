@@ -21,9 +21,15 @@ Trust model. A checkpoint is data, but two things in a ``.ckpt`` could run code:
    could build a ``_target_`` the check never saw).
 
 So loading a checkpoint from someone else cannot run code beyond those
-constructors. It can still hold bad weights: evaluate before you rely on it. To
-load a checkpoint that builds your own code, ``allow_callable(obj)`` first, and
-only for code and files you trust.
+constructors. It can still hold bad weights: evaluate before you rely on it.
+
+Your own classes. Trust is decided by whoever loads, never by the file: the loading
+command's ``trust=[mylab]`` (or the user project's own package, ``segexp.project``)
+names packages whose classes and functions a checkpoint may build too. A target is
+accepted only if the object it resolves to is a class or function *defined in* one of
+those packages (its own ``__module__``): ``mylab.os.system`` is ``os.system`` and is
+still refused. A checkpoint that lists packages to trust inside itself gains nothing:
+nothing in the file is read for that.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import functools
 import importlib
 import inspect
 import os
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,8 +66,10 @@ UNSAFE_TRANSFORMS = frozenset(
         "Equalize",
     }
 )
-_EXTRA_ALLOWED: list[Any] = []
-_EXTRA_PACKAGES: set[str] = set()  # the top-level modules of allow_callable's objects
+
+
+# The packages a refusal names: ``module 'mylab' is not one segexp builds checkpoints from``.
+_UNTRUSTED_MODULE = re.compile(r"module '([A-Za-z_][A-Za-z0-9_]*)' is not one segexp builds")
 
 
 class CheckpointError(UserError):
@@ -71,14 +80,34 @@ class _Refused(Exception):
     """Why one ``_target_`` is not trusted (becomes part of a CheckpointError)."""
 
 
-def allow_callable(obj: Callable[..., Any]) -> None:
-    """Trust ``obj`` as a ``_target_`` in checkpoints (your own model or loss); only for code
-    you trust, since any checkpoint that names it will call it."""
-    if not callable(obj):
-        raise TypeError(f"allow_callable needs a class or function, got {obj!r}")
-    _EXTRA_ALLOWED.append(obj)
-    _EXTRA_PACKAGES.add(str(getattr(obj, "__module__", "") or "").split(".")[0])
-    allowed_callables.cache_clear()
+def trusted_packages(cfg: Any) -> list[str]:
+    """The packages a command trusts: ``trust=[...]`` from its config or command line, plus
+    the user project's own package when it runs inside one (``segexp.project``)."""
+    from segexp.project import find_project
+
+    names = [str(name) for name in (cfg.get("trust") or [])]
+    bad = [name for name in names if not all(part.isidentifier() for part in name.split("."))]
+    if bad:
+        raise CheckpointError(
+            f"trust={names}: {bad[0]!r} is not a Python package name; give importable names, "
+            "e.g. trust=[mylab]"
+        )
+    project = find_project()
+    names += project.trusted if project is not None else []
+    return sorted(set(names))
+
+
+def _in_packages(module: str, packages: Sequence[str]) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def _defined_in(obj: Any, packages: Sequence[str]) -> bool:
+    """True when ``obj`` is a class or function whose own module is in ``packages``: a
+    re-export (``mylab.os.system``) keeps the module it was defined in and is not."""
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+        return False
+    module = getattr(obj, "__module__", None)
+    return isinstance(module, str) and _in_packages(module, packages)
 
 
 def _classes(module: ModuleType, base: type, skip: frozenset[str] = frozenset()) -> list[type]:
@@ -125,24 +154,24 @@ def allowed_callables() -> dict[int, Any]:
         *_classes(albumentations, BasicTransform, UNSAFE_TRANSFORMS),
         *_classes(torch.optim, torch.optim.Optimizer, frozenset({"Optimizer"})),
         *_classes(torch.nn, torch.nn.modules.loss._Loss),
-        *_EXTRA_ALLOWED,
     ]
     return {id(obj): obj for obj in allowed}
 
 
-def resolve_target(target: str) -> Any:
+def resolve_target(target: str, trust: Sequence[str] = ()) -> Any:
     """The object a dotted ``_target_`` names, found as Hydra finds it, without calling it.
 
-    Raises _Refused for a module outside KNOWN_PACKAGES (before importing it) or a
-    name that does not resolve.
+    Raises _Refused for a module outside KNOWN_PACKAGES and ``trust`` (before importing
+    it) or a name that does not resolve.
     """
     parts = target.split(".")
     if not all(part.isidentifier() for part in parts):
         raise _Refused("it is not a dotted Python name")
-    if parts[0] not in KNOWN_PACKAGES and parts[0] not in _EXTRA_PACKAGES:
+    if parts[0] not in KNOWN_PACKAGES and not _in_packages(target, trust):
         raise _Refused(
             f"module {parts[0]!r} is not one segexp builds checkpoints from "
-            f"({', '.join(sorted(KNOWN_PACKAGES))})"
+            f"({', '.join(sorted(KNOWN_PACKAGES))}) nor one this command trusts "
+            f"(trust={list(trust)})"
         )
     try:
         obj: Any = importlib.import_module(parts[0])
@@ -164,19 +193,23 @@ def _describe_object(obj: Any) -> str:
     return f"{module}.{name}" if module and name else type(obj).__name__
 
 
-def _check_target(target: Any, allowed: Mapping[int, Any]) -> None:
+def _check_target(target: Any, allowed: Mapping[int, Any], trust: Sequence[str]) -> None:
     if not isinstance(target, str):
         raise _Refused(f"a _target_ must be a dotted name, not a {type(target).__name__}")
-    obj = resolve_target(target)
-    if allowed.get(id(obj)) is not obj:
-        raise _Refused(
-            f"it names {_describe_object(obj)}, which is not one of the callables segexp builds "
-            "from a checkpoint (model builders, losses, optimizers and schedulers, the data module, "
-            "datasets, albumentations transforms)"
-        )
+    obj = resolve_target(target, trust)
+    if allowed.get(id(obj)) is obj or _defined_in(obj, trust):
+        return
+    trusted = f" or a class or function defined in {', '.join(trust)}" if trust else ""
+    raise _Refused(
+        f"it names {_describe_object(obj)}, which is not one of the callables segexp builds "
+        "from a checkpoint (model builders, losses, optimizers and schedulers, the data module, "
+        f"datasets, albumentations transforms){trusted}"
+    )
 
 
-def _problems(node: Any, key: str, allowed: Mapping[int, Any]) -> Iterator[str]:
+def _problems(
+    node: Any, key: str, allowed: Mapping[int, Any], trust: Sequence[str]
+) -> Iterator[str]:
     """``key: why`` for everything in a nested config that instantiating it could misuse."""
     if isinstance(node, str):
         if "${" in node:
@@ -184,7 +217,7 @@ def _problems(node: Any, key: str, allowed: Mapping[int, Any]) -> Iterator[str]:
         return
     if isinstance(node, (list, tuple)):
         for position, value in enumerate(node):
-            yield from _problems(value, f"{key}[{position}]", allowed)
+            yield from _problems(value, f"{key}[{position}]", allowed, trust)
         return
     if not isinstance(node, Mapping):
         return
@@ -197,7 +230,7 @@ def _problems(node: Any, key: str, allowed: Mapping[int, Any]) -> Iterator[str]:
             yield f"{path}: an interpolation in a key"
         elif name == "_target_":
             try:
-                _check_target(value, allowed)
+                _check_target(value, allowed, trust)
             except _Refused as why:
                 yield f"{path}={value!r}: {why}"
         elif name == "_partial_":
@@ -212,34 +245,42 @@ def _problems(node: Any, key: str, allowed: Mapping[int, Any]) -> Iterator[str]:
             )
         elif name in DOTTED_PATH_ARGS and "_target_" in node:
             try:
-                _check_target(value, allowed)
+                _check_target(value, allowed, trust)
             except _Refused as why:
                 yield f"{path}={value!r}: {why}"
-        yield from _problems(value, path, allowed)
+        yield from _problems(value, path, allowed, trust)
 
 
-def untrusted_targets(node: Any, key: str = "") -> list[str]:
+def untrusted_targets(node: Any, key: str = "", trust: Sequence[str] = ()) -> list[str]:
     """Every problem (``key: why``) in a nested config that would make instantiating it unsafe."""
-    return list(_problems(node, key, allowed_callables()))
+    return list(_problems(node, key, allowed_callables(), tuple(trust)))
 
 
-def check_trusted(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose configs would instantiate anything but ``allowed_callables()``."""
-    bad = untrusted_targets(checkpoint.get("hyper_parameters") or {}, "hyper_parameters")
+def check_trusted(
+    checkpoint: Mapping[str, Any], path: str | os.PathLike, trust: Sequence[str] = ()
+) -> None:
+    """Refuse a checkpoint whose configs would instantiate anything but ``allowed_callables()``
+    and the classes and functions defined in the ``trust`` packages."""
+    bad = untrusted_targets(checkpoint.get("hyper_parameters") or {}, "hyper_parameters", trust)
     # Of the run's full config, only the dataset is ever built from a checkpoint (evaluate.py).
     run_config = checkpoint.get("run_config") or {}
     if not isinstance(run_config, Mapping):
         bad.append(f"run_config: a {type(run_config).__name__}, not a config")
     else:
-        bad += untrusted_targets(run_config.get("data") or {}, "run_config.data")
+        bad += untrusted_targets(run_config.get("data") or {}, "run_config.data", trust)
     if bad:
         listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        packages = sorted({m for m in _UNTRUSTED_MODULE.findall("\n".join(bad))})
+        fix = (
+            f"if the file is yours and builds your own code, add trust=[{','.join(packages)}] to "
+            "the command line (or run inside your segexp project, which trusts its own package)"
+            if packages
+            else "use a checkpoint written by segexp train"
+        )
         raise CheckpointError(
             f"ckpt_path={path} is untrusted: its config asks to build\n  {listed}\n"
             "Refusing to load it, since a checkpoint from an untrusted source could run any code "
-            "this way. Use a checkpoint written by segexp's train.py; if the file is yours and "
-            "builds your own code, call segexp.run.checkpoint.allow_callable(<class or function>) "
-            "before loading it."
+            f"this way; {fix}. Trust comes from the command that loads, never from the file."
         )
 
 
@@ -336,13 +377,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def load_module(path: str | os.PathLike, map_location: str = "cpu"):
-    """Rebuild the SegModule a checkpoint was saved from (its model config travels inside)."""
+def load_module(path: str | os.PathLike, map_location: str = "cpu", trust: Sequence[str] = ()):
+    """Rebuild the SegModule a checkpoint was saved from (its model config travels inside);
+    ``trust``: packages whose own classes and functions it may build (``trusted_packages``)."""
     from segexp.model.module import SegModule
     from segexp.model.pretrained import skip_encoder_weights
 
     checkpoint = read_checkpoint(path)
-    check_trusted(checkpoint, path)
+    check_trusted(checkpoint, path, trust)
     with skip_encoder_weights():  # the checkpoint's weights replace them: no lookup, no download
         module = SegModule(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segexp.configs import CONF_DIR
 from segexp.errors import UserError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 APPLIED = "auto-applied"
 FULL_SIZE_MAX = 160  # px, longer side: images up to this train whole
 CROPS = (128, 192, 256, 384, 512)
@@ -310,7 +310,7 @@ def keep_user_keys(choices: list[Choice], user_keys: set[str]) -> tuple[list[Cho
     return [c for c in choices if c not in kept], kept
 
 
-def load_group(group: str, option: str, conf_dir: Path = CONF) -> DictConfig:
+def load_group(group: str, option: str, conf_dir: Path = CONF_DIR) -> DictConfig:
     """``conf/<group>/<option>.yaml`` as composed (its defaults from the same group merged first)."""
     path = conf_dir / group / f"{option}.yaml"
     node = OmegaConf.load(path)
@@ -321,7 +321,7 @@ def load_group(group: str, option: str, conf_dir: Path = CONF) -> DictConfig:
     return OmegaConf.merge(*parts, node) if parts else node
 
 
-def apply_choices(cfg: DictConfig, choices: list[Choice], conf_dir: Path = CONF) -> None:
+def apply_choices(cfg: DictConfig, choices: list[Choice], conf_dir: Path = CONF_DIR) -> None:
     """Set every choice in ``cfg`` (in place) and mark it ``recipe: auto-applied``."""
     with open_dict(cfg):
         for choice in choices:
@@ -370,12 +370,12 @@ def choose_for(cfg: DictConfig, budget_s: float | None) -> tuple[DatasetStats, l
 def apply_recipe(
     cfg: DictConfig, budget_s: float | None = None, user_keys: set[str] | None = None
 ) -> list[Choice] | None:
-    """``recipe=auto``: choose, apply to ``cfg``, print, and record in the run folder (rank 0).
+    """``recipe=auto``: choose, apply to ``cfg``, print, and record in run_info.json (rank 0).
 
     ``recipe: auto-applied`` (a reproduction) and ``recipe: null`` do nothing and return None.
     """
     from segexp.run.ranks import is_global_zero
-    from segexp.run.rundir import update_run_info, write_text
+    from segexp.run.rundir import update_run_info
 
     recipe = cfg.get("recipe")
     if recipe in (None, APPLIED):
@@ -403,14 +403,10 @@ def apply_recipe(
     lines += [f"  {c.text():<{width}}  not applied: set on the command line" for c in kept]
     print("\n".join(lines), flush=True)
 
-    run_dir = Path(cfg.paths.output_dir)
-    saved_path = run_dir / ".hydra" / "config.yaml"
-    if saved_path.is_file():  # what reproduce= composes: the chosen values, chosen once
-        saved = OmegaConf.load(saved_path)
-        apply_choices(saved, applied)
-        write_text(saved_path, OmegaConf.to_yaml(saved))
+    # The saved config gets the applied choices from the lifecycle's one write of it
+    # (segexp.run.lifecycle.record_config), so reproduce= composes them and does not choose again.
     update_run_info(
-        run_dir,
+        Path(cfg.paths.output_dir),
         {
             "recipe": {
                 "stats": asdict(stats),

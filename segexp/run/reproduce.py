@@ -3,8 +3,8 @@
     python train.py reproduce=<run folder> [key=value ...]   # a NEW run from the saved config
     python train.py resume=<run folder>                      # the SAME run, from last.ckpt
 
-Both work by rewriting the command line before Hydra composes (``rewrite_argv``,
-called from train.py's ``__main__``): Hydra then composes the run folder's saved
+Both work by rewriting the command line before Hydra composes
+(``segexp.cli.argv.rewrite_argv``): Hydra then composes the run folder's saved
 ``.hydra/config.yaml`` (``--config-path <run>/.hydra --config-name config``), the
 documented Hydra way, so the new run's own ``.hydra/config.yaml`` is exactly what
 ran. ``reproduce`` lets Hydra pick a new output folder (the old one is never
@@ -19,35 +19,15 @@ This module imports no torch at import time: ``--help`` stays fast.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from segexp.errors import UserError
 from segexp.run.wandb_id import choose_wandb_id, new_wandb_id, read_wandb_id
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-# Overrides that change how a resumed run executes, never what it computes.
-RESUME_SAFE_KEYS = ("data.num_workers", "data.pin_memory", "trainer.enable_progress_bar")
-_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-
 
 class ReproduceError(UserError):
     """A reproduce=/resume= request that cannot be honoured; the message says why and what to do."""
-
-
-def _split_override(arg: str) -> tuple[str, str]:
-    key, _, value = arg.partition("=")
-    return key.lstrip("+~"), value
-
-
-def _is_override(arg: str) -> bool:
-    return not arg.startswith("-") and "=" in arg
-
-
-def _quote(value: str) -> str:
-    # Hydra's override grammar: quoted, a path may hold characters like ',' or '='.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def saved_config(run_dir: str | os.PathLike) -> Path:
@@ -67,88 +47,6 @@ def saved_config(run_dir: str | os.PathLike) -> Path:
             "A run folder holds .hydra/, checkpoints/ and metrics.json."
         )
     return config
-
-
-def rewrite_argv(argv: Sequence[str], conf_dir: Path = CONF) -> list[str]:
-    """Turn ``reproduce=<run>`` / ``resume=<run>`` into the Hydra arguments that do it.
-
-    Any other command line is returned unchanged. Raises ReproduceError for an
-    unusable request: a folder without a saved config, both keys at once, a
-    config-group override (the saved config holds values, not group choices), or
-    any override on resume except ``hydra.*`` and ``RESUME_SAFE_KEYS``.
-    """
-    argv = list(argv)
-    requests = [(i, *_split_override(a)) for i, a in enumerate(argv[1:], 1) if _is_override(a)]
-    modes = [(i, key, value) for i, key, value in requests if key in ("reproduce", "resume")]
-    if not modes:
-        return argv
-    if len(modes) > 1:
-        raise ReproduceError(
-            "pass either reproduce=<run folder> (a new run with its config) or resume=<run folder> "
-            "(continue it), not both or twice"
-        )
-    index, mode, value = modes[0]
-    if value in ("", "null", "None"):
-        return [a for i, a in enumerate(argv) if i != index]
-    run_dir = Path(value.strip("'\"")).expanduser().resolve()
-    hydra_dir = saved_config(run_dir).parent
-
-    flags = [a for a in argv[1:] if a.startswith("-")]
-    if mode == "resume" and ("-m" in flags or "--multirun" in flags):
-        raise ReproduceError(
-            f"resume={run_dir} continues one run in its own folder; it cannot be part of a "
-            "multirun (-m). Resume each run folder with its own command."
-        )
-    config_path = next(
-        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-path", "-cp")), None
-    ) or next((a.split("=", 1)[1] for a in flags if a.startswith("--config-path=")), None)
-    if config_path is not None:
-        if Path(config_path).resolve() == hydra_dir:
-            return argv  # already rewritten: a DDP child re-launched with our command line
-        raise ReproduceError(
-            f"{mode}={run_dir} composes that run's saved config; drop --config-path={config_path}"
-        )
-
-    others = [(key, argv[i]) for i, key, _ in requests if i != index]
-    groups = sorted({key for key, _ in others if (conf_dir / key).is_dir()})
-    if groups:
-        raise ReproduceError(
-            f"{mode}={run_dir} runs that folder's saved config, which holds values, not config-group "
-            f"choices; cannot apply {', '.join(f'{g}=...' for g in groups)}. Override values instead "
-            f"(e.g. {groups[0]}.<key>=<value>), or start a new experiment without {mode}=."
-        )
-    if mode == "resume":
-        refused = [
-            arg
-            for key, arg in others
-            if not key.startswith(("hydra.", "hydra/")) and key not in RESUME_SAFE_KEYS
-        ]
-        if refused:
-            raise ReproduceError(
-                f"resume={run_dir} continues that run with its saved config; these overrides would "
-                f"change it: {' '.join(refused)}. Resume without them, or start a new run: "
-                f"python train.py reproduce={run_dir} {' '.join(refused)} (a new folder, fresh "
-                f"weights), or ckpt_path={run_dir}/checkpoints/last.ckpt <overrides> to start from "
-                f"its weights. Allowed on resume: {', '.join(RESUME_SAFE_KEYS)}, hydra.*"
-            )
-
-    skip_values = {i + 1 for i, a in enumerate(argv) if a in _VALUE_FLAGS}
-    rest = [a for i, a in enumerate(argv[1:], 1) if i != index and i not in skip_values]
-    new = [argv[0], "--config-path", str(hydra_dir), "--config-name", "config", *rest]
-    # Config groups such as hydra/launcher still come from the project's conf/.
-    new.append(f"hydra.searchpath=[{_quote('file://' + str(conf_dir))}]")
-    new.append(f"++{mode}={_quote(str(run_dir))}")
-    if mode == "resume":
-        new += [f"hydra.run.dir={_quote(str(run_dir))}", "hydra.output_subdir=null"]
-    else:
-        # The saved config has no hydra section, so a reproduction would fall back to Hydra's
-        # one-second folder names: give it the unique folders of conf/train.yaml.
-        given = {_split_override(a)[0] for a in rest if _is_override(a)}
-        new.append("+hydra.callbacks.unique_run_dirs._target_=segexp.run.rundir.UniqueRunDirs")
-        for key, root in (("hydra.run.dir", "outputs"), ("hydra.sweep.dir", "multirun")):
-            if key not in given:
-                new.append(f"{key}='${{unique_dir:{root}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}}}'")
-    return new
 
 
 def _wandb_entry(cfg: Any) -> Any | None:
@@ -241,4 +139,4 @@ def name_wandb_run(wandb: Any) -> None:
         wandb.group = sweep_group(context.get("sweep_dir"))
 
 
-__all__ = ["ReproduceError", "prepare_config", "rewrite_argv"]
+__all__ = ["ReproduceError", "prepare_config", "saved_config"]

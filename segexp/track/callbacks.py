@@ -6,7 +6,7 @@ as image | ground truth | prediction with a class legend (``segexp.track.picture
 checkpoint names) and sends the same grid to W&B (with interactive mask overlays),
 TensorBoard and MLflow, whichever are attached. At the end of fit it writes
 ``curves.png`` (losses, val mIoU, learning rate per epoch) and ``val/confusion.{png,csv}``,
-at the end of test ``test/confusion.{png,csv}`` (``segexp.infer.report``, as evaluate.py),
+at the end of test ``test/confusion.{png,csv}`` (``segexp.run.report``, as evaluate.py),
 plus W&B's per-class IoU table and confusion matrix and TensorBoard's HPARAMS table.
 Rank 0 draws and writes; the other processes only take part in what needs them all.
 """
@@ -317,7 +317,7 @@ class SegImageLogger(pl.Callback):
             self._log_wandb_tables(trainer, pl_module, wandb_logger, confmat, stage)
         if not self.pictures:
             return []
-        from segexp.infer.report import plot_confusion, write_confusion_csv
+        from segexp.run.report import plot_confusion, write_confusion_csv
 
         names = list(pl_module.class_names)
         folder = self.run_dir(trainer) / stage

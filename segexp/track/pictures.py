@@ -4,7 +4,7 @@
 a legend of the classes shown (the colours of ``segexp.data.viz``); ``SegImageLogger``
 (``segexp.track.callbacks``) saves it as ``val/examples/epoch_NNN.png`` and sends the same
 grid to W&B, TensorBoard and MLflow. ``plot_curves`` draws ``curves.png`` (losses, val
-mIoU, learning rate per epoch). Confusion matrices are ``segexp.infer.report``'s.
+mIoU, learning rate per epoch). Confusion matrices are ``segexp.run.report``'s.
 """
 
 from __future__ import annotations

@@ -79,3 +79,43 @@ def run_job(
         )
         return None
     return float(value)
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # hydra is a dependency; this only keeps `compare` usable without it
+    _HydraCallback = object
+
+
+class SweepSummary(_HydraCallback):
+    """Hydra callback: after a multirun, print and write the comparison of its jobs in the sweep folder."""
+
+    def __init__(self, top_k: int = 3, plots: bool = True, html: bool = True) -> None:
+        self.top_k = top_k
+        self.plots = plots
+        self.html = html
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        metric = config.get("optimized_metric") or "val/mIoU"
+        try:
+            from segexp.track.compare import compare
+
+            result = compare(
+                sweep_dir,
+                metric=metric,
+                top_k=self.top_k,
+                plots=self.plots,
+                html=sweep_dir / "compare.html" if self.html else None,
+            )
+        except Exception as error:  # a summary must never turn a finished sweep into a failure
+            log.warning("sweep summary of %s failed: %s", sweep_dir, error)
+            return
+        failed = sum(1 for row in result["rows"] if row[2] not in ("done", "pruned"))
+        log.info("sweep summary (%s):\n%s", sweep_dir / "compare.md", result["markdown"])
+        if failed:
+            log.warning(
+                "%d of %d jobs did not finish; see error.txt in their folders",
+                failed,
+                len(result["rows"]),
+            )

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.data.check import main
+from segexp.cli.argv import translate_check_flags
+from segexp.data.check import check, compose
 from tests import fixtures_data as fixtures
 from tests.conftest import run_script
+
+
+def main(argv: list[str]) -> int:
+    """``segexp check`` in this process: the exit code (``--json FILE`` accepted)."""
+    return check(compose(translate_check_flags(argv)))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from segexp.data.datasets import (
@@ -267,7 +268,8 @@ def test_num_classes_null_is_filled_from_the_dataset(compose_cfg, tmp_path, data
 
 
 def test_num_classes_disagreement_or_no_source_is_one_clear_error(compose_cfg, tmp_path):
-    from segexp.data.classes import ClassesError, recorded_config, resolve_num_classes
+    from segexp.data.classes import ClassesError, resolve_num_classes
+    from segexp.run.lifecycle import record_config
 
     fixtures.make_folder(tmp_path / "d", counts={"train": 1})
     cfg = compose_cfg(["data=folder", f"data.root={tmp_path / 'd'}", "data.num_classes=5"])
@@ -281,8 +283,9 @@ def test_num_classes_disagreement_or_no_source_is_one_clear_error(compose_cfg, t
     assert "\n" not in str(error.value) and "data.num_classes=N" in str(error.value)
     assert resolve_num_classes(cfg.data, default=4) == 4  # evaluate.py: the checkpoint's
     # The run folder's saved config gets the filled value, and only that.
-    saved = tmp_path / "config.yaml"
+    saved = tmp_path / "run" / ".hydra" / "config.yaml"
+    saved.parent.mkdir(parents=True)
     saved.write_text("data:\n  num_classes: null\n  root: /x\nseed: 1\n")
-    assert recorded_config(saved, 4) == "data:\n  num_classes: 4\n  root: /x\nseed: 1\n"
-    saved.write_text("data:\n  num_classes: 4\n")
-    assert recorded_config(saved, 4) is None
+    filled = OmegaConf.create({"data": {"num_classes": 4}})
+    record_config(saved.parent.parent, filled, None)
+    assert saved.read_text() == "data:\n  num_classes: 4\n  root: /x\nseed: 1\n"

@@ -231,7 +231,7 @@ def test_checkpoints_rebuild_without_looking_up_encoder_weights(offline):
 @pytest.mark.slow
 def test_train_on_shapes_then_init_from_on_a_four_class_folder(compose_cfg, tmp_path, caplog):
     from segexp.model.module import build_module
-    from train import train
+    from segexp.run.lifecycle import train
 
     source_cfg = compose_cfg()  # 6 classes (shapes)
     train(source_cfg)

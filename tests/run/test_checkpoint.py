@@ -11,7 +11,7 @@ from omegaconf import open_dict
 
 from segexp.model.module import SegModule, build_module
 from segexp.run.checkpoint import CheckpointError, check_compatible, load_module, read_checkpoint
-from train import train
+from segexp.run.lifecycle import train
 
 
 def save(module: SegModule, path: Path, **extra) -> Path:

@@ -1,4 +1,4 @@
-"""segexp.run.errors: one policy for every entry point (user error -> message + exit 2)."""
+"""segexp.cli.errors: one policy for every entry point (user error -> message + exit 2)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import signal
 import pytest
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from segexp.cli.errors import exit_codes, user_message
 from segexp.data.datasets.base import DataError
 from segexp.errors import UserError
-from segexp.run.errors import exit_codes, user_message
 from segexp.run.signals import Interrupted
 from segexp.run.validate import ConfigError
 

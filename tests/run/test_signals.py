@@ -14,6 +14,7 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
+from segexp.run.lifecycle import train
 from segexp.run.signals import (
     ExactResume,
     FiniteLoss,
@@ -21,7 +22,6 @@ from segexp.run.signals import (
     NonFiniteLossError,
     SignalCheckpoint,
 )
-from train import train
 
 # 12 training images in batches of 4: three steps an epoch, so a signal can land mid-epoch.
 THREE_STEPS = ["data.generate.num_train=12", "test=false"]

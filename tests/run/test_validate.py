@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
+from segexp.run.lifecycle import train
 from segexp.run.validate import ConfigError, check_config, check_pipeline
-from train import train
 
 CROP = {"_target_": "albumentations.RandomCrop", "height": 96, "width": 96}
 PAD = {"_target_": "albumentations.PadIfNeeded", "min_height": 96, "min_width": 96}

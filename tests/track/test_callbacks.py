@@ -147,8 +147,8 @@ def test_images_logged_every_n_epochs_in_a_real_run(compose_cfg) -> None:
     """3 epochs, every 2: images after epochs 2 and 3 (the last), each with GT and prediction masks."""
     from pathlib import Path
 
+    from segexp.run.lifecycle import train
     from segexp.track.loggers import finish_wandb, offline_runs, read_offline_run
-    from train import train
 
     cfg = compose_cfg(
         [

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segexp.cli.compare import main
 from segexp.errors import UserError
-from segexp.track.compare import compare, find_runs, main, parse_overrides
+from segexp.track.compare import compare
+from segexp.track.runs import find_runs, parse_overrides
 from tests.conftest import TINY, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

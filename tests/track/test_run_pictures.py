@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segexp.infer.report import read_confusion_csv
+from segexp.run.report import read_confusion_csv
 from segexp.track.callbacks import SegImageLogger
 from segexp.track.pictures import (
     GAP,

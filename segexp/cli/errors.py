@@ -1,7 +1,8 @@
-"""The one error policy of every entry point: a user error is one message and exit 2.
+"""The one error policy of every command: a user error is one message and exit 2.
 
-``exit_codes()`` wraps the body of train.py, evaluate.py, predict.py and the
-``python -m segexp.*`` tools:
+``exit_codes()`` wraps the body of every ``segexp`` command (and so of the train.py,
+evaluate.py, predict.py and ``python -m segexp.*`` shims); ``hydra_entry`` runs a Hydra
+app so that Hydra's own composition errors exit 2 as well:
 
 - a ``UserError`` (bad config value, dataset problem at any sample, bad checkpoint,
   reproduce/resume request), also when it comes out of a DataLoader worker or through
@@ -20,13 +21,14 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from segexp.errors import UserError
-from segexp.run.entry import USER_ERROR_EXIT, reached_our_code
-from segexp.run.signals import Interrupted, NonFiniteLossError
 
-T = TypeVar("T")
+USER_ERROR_EXIT = 2  # every user error, ours or Hydra's
+
+# Set once a command's own code runs (exit_codes); until then, a failure is Hydra's.
+_reached = False
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -95,7 +97,11 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
-    reached_our_code()
+    # Imported here, not at the top: hydra_entry runs every --help, which must not import torch.
+    from segexp.run.signals import Interrupted, NonFiniteLossError
+
+    global _reached
+    _reached = True
     try:
         yield
     except Interrupted:
@@ -118,13 +124,16 @@ def exit_codes() -> Iterator[None]:
         raise SystemExit(USER_ERROR_EXIT) from None
 
 
-def guarded(function: Callable[..., T]) -> Callable[..., T]:
-    """Decorate an entry point's main function with ``exit_codes()``."""
-    import functools
+def hydra_entry(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` app so that a command line Hydra cannot compose (a misspelled
+    key, an unknown option, a bad override) exits 2 like every other user error.
 
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        with exit_codes():
-            return function(*args, **kwargs)
-
-    return wrapper
+    Hydra prints its own one-paragraph message for those and exits 1 before our code runs;
+    an exit 1 after that (``exit_codes`` was entered) is left as it is.
+    """
+    try:
+        main()
+    except SystemExit as error:
+        if error.code == 1 and not _reached:
+            raise SystemExit(USER_ERROR_EXIT) from None
+        raise
