@@ -155,7 +155,7 @@ def test_load_module_refuses_every_attack(name, good, tmp_path):
 def test_trust_is_by_identity_not_by_name():
     refused = untrusted_targets({"_target_": "segexp.run.checkpoint.Path.write_text"}, "net")
     assert refused and "pathlib.Path.write_text" in refused[0]
-    assert untrusted_targets({"_target_": "segexp.run.checkpoint.allow_callable"}, "net")
+    assert untrusted_targets({"_target_": "segexp.run.checkpoint.load_module"}, "net")
     # The same allowed object under any name that reaches it passes.
     for target in (
         "segexp.data.datasets.FolderDataset",
@@ -199,21 +199,16 @@ def test_unknown_top_level_module_is_refused_before_import(capsys):
     assert "this" not in sys.modules and capsys.readouterr().out == ""  # its import prints
 
 
-def test_allow_callable_extends_the_list(monkeypatch):
-    from segexp.run import checkpoint
-
-    monkeypatch.setattr(checkpoint, "_EXTRA_ALLOWED", [])
-    monkeypatch.setattr(checkpoint, "_EXTRA_PACKAGES", set())
-    checkpoint.allowed_callables.cache_clear()
+def test_trust_admits_what_a_package_defines_and_nothing_it_imports():
     target = {"_target_": "tests.tiny_checkpoint.write_folder_dataset"}
     assert "module 'tests' is not one" in untrusted_targets(target)[0]
-    checkpoint.allow_callable(write_folder_dataset)
-    try:
-        assert untrusted_targets(target) == []
-        assert untrusted_targets({"_target_": "tests.tiny_checkpoint.write_checkpoint"})
-    finally:
-        checkpoint._EXTRA_ALLOWED.clear()
-        checkpoint.allowed_callables.cache_clear()
+    assert untrusted_targets(target, trust=["tests"]) == []
+    assert untrusted_targets(target, trust=["tests.tiny_checkpoint"]) == []
+    assert untrusted_targets(target, trust=["tests.run"])  # another part of the package
+    # tests.tiny_checkpoint imports these; trusting the package does not trust them.
+    for imported in ("tests.tiny_checkpoint.Path", "tests.conftest.subprocess.run"):
+        problems = untrusted_targets({"_target_": imported}, trust=["tests"])
+        assert problems and "not one of the callables" in problems[0], imported
 
 
 def assert_refused(result, marker: Path, key: str) -> None:
