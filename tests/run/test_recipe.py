@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from segexp.data.stats import DatasetStats
 from segexp.run.recipe import (
-    DatasetStats,
     RecipeError,
     apply_choices,
     apply_recipe,
