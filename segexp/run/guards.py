@@ -60,7 +60,7 @@ class ExactResume(pl.Callback):
     The global RNG states (torch, CUDA, numpy, random), for dropout and other random
     layers. The position in the epoch's data order is the DataModule's own checkpoint
     state (``SegDataModule.state_dict``); data order and augmentation are otherwise
-    seeded per epoch (``segexp.data.datamodule.SeededSampler``).
+    seeded per epoch (``segexp.data.sampling.SeededSampler``).
     Stored as tensors and plain lists, so the checkpoint loads with ``weights_only=True``.
     """
 

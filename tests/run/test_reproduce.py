@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from segexp.data.datamodule import SeededAugmentation, SeededSampler
+from segexp.data.sampling import SeededAugmentation, SeededSampler
 from segexp.run.reproduce import ReproduceError, prepare_config, rewrite_argv
 from segexp.run.wandb_id import read_wandb_id as wandb_run_id
 from tests.conftest import CONF, TINY, run_script
