@@ -10,7 +10,7 @@ pretrained weights (``model.encoder_weights``, default ``imagenet``) and saves t
 as ``<paths.weights_dir>/<encoder_name>.<weights>.safetensors`` (``$SEGEXP_WEIGHTS_DIR``,
 default ``weights/``). Copy that folder to the cluster; training with
 ``model.encoder_weights=...`` reads it first and needs no network. The logic is
-``segexp.model.pretrained``.
+``segexp.model.encoder_weights``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def fetch(overrides: list[str]) -> list[Path]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from segexp.model.pretrained import fetch_encoder_weights
+    from segexp.model import networks
+    from segexp.model.encoder_weights import fetch_encoder_weights
 
     rest, encoders = _split_encoders(overrides)
     saved = []
@@ -50,7 +51,7 @@ def fetch(overrides: list[str]) -> list[Path]:
         if model.get("encoder_weights") is None:
             model["encoder_weights"] = "imagenet"
         root = Path(str(cfg.paths.weights_dir))
-        path = fetch_encoder_weights(model, root)
+        path = fetch_encoder_weights(networks.build_network, model, root)
         print(f"saved {path}", flush=True)
         saved.append(path)
     print(

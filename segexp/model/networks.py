@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from segexp.errors import UserError
+from segexp.model.encoder_weights import build_with_encoder_weights
 
 FCN_STRIDES = {"32s": 32, "16s": 16, "8s": 8}
 # Architectures that are not in smp's registry (smp.MODEL_ARCHITECTURES_MAPPING).
@@ -36,15 +37,13 @@ def build_model(
 
     ``encoder_weights`` defaults to None so nothing downloads; "imagenet" (or any name smp /
     timm offer) is opt-in, read from the weights directory first, then from smp / timm's
-    caches or a download (``segexp.model.pretrained``, ``python -m segexp.weights fetch``).
+    caches or a download (``segexp.model.encoder_weights``, ``python -m segexp.weights fetch``).
     Extra keyword arguments go to the architecture (e.g. ``decoder_channels``,
     ``encoder_output_stride``, FCN's ``variant``).
     """
     if encoder_weights is not None:
-        from segexp.model.pretrained import build_with_encoder_weights
-
         return build_with_encoder_weights(
-            _build_network,
+            build_network,
             arch,
             encoder_name,
             encoder_weights,
@@ -52,10 +51,10 @@ def build_model(
             classes=classes,
             **kwargs,
         )
-    return _build_network(arch, encoder_name, None, in_channels, classes=classes, **kwargs)
+    return build_network(arch, encoder_name, None, in_channels, classes=classes, **kwargs)
 
 
-def _build_network(
+def build_network(
     arch: str,
     encoder_name: str = "resnet18",
     encoder_weights: str | None = None,

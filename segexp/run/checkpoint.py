@@ -380,8 +380,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_module(path: str | os.PathLike, map_location: str = "cpu", trust: Sequence[str] = ()):
     """Rebuild the SegModule a checkpoint was saved from (its model config travels inside);
     ``trust``: packages whose own classes and functions it may build (``trusted_packages``)."""
+    from segexp.model.encoder_weights import skip_encoder_weights
     from segexp.model.module import SegModule
-    from segexp.model.pretrained import skip_encoder_weights
 
     checkpoint = read_checkpoint(path)
     check_trusted(checkpoint, path, trust)

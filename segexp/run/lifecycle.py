@@ -81,8 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from segexp.model.encoder_weights import use_weights_dir
     from segexp.model.module import build_module
-    from segexp.model.pretrained import file_record, init_from_config, use_weights_dir
+    from segexp.model.transfer import file_record, init_from_config
     from segexp.run.checkpoint import check_compatible
     from segexp.run.ranks import is_global_zero
     from segexp.run.report import print_summary

@@ -9,63 +9,25 @@ TensorBoard and MLflow, whichever are attached. At the end of fit it writes
 at the end of test ``test/confusion.{png,csv}`` (``segexp.run.report``, as evaluate.py),
 plus W&B's per-class IoU table and confusion matrix and TensorBoard's HPARAMS table.
 Rank 0 draws and writes; the other processes only take part in what needs them all.
+What each tracker gets, and in which form, is ``segexp.track.publish``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from segexp.data.viz import denormalize
 from segexp.errors import UserError
-from segexp.model.metrics import SUMMARY_KEYS, confusion_scores
+from segexp.track import publish
 from segexp.track.pictures import EXAMPLES_SUBDIR as EXAMPLES_DIR
 
-__all__ = ["SegImageLogger", "class_labels", "denormalize", "find_wandb_logger", "per_class_rows"]
-
 CURVES_FILE = "curves.png"
-
-
-def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
-
-def _loggers_of(trainer: pl.Trainer, kind: type) -> list[Any]:
-    return [lg for lg in trainer.loggers if isinstance(lg, kind)]
-
-
-def class_labels(class_names: Sequence[str], ignore_index: int | None) -> dict[int, str]:
-    labels = dict(enumerate(class_names))
-    if ignore_index is not None and ignore_index not in labels:
-        labels[int(ignore_index)] = "ignore"
-    return labels
-
-
-def per_class_rows(confmat: torch.Tensor, class_names: Sequence[str]) -> list[list[Any]]:
-    """[class, IoU, accuracy, target pixels, predicted pixels] per class; None where undefined."""
-    scores = confusion_scores(confmat)
-    target = confmat.sum(dim=1).tolist()
-    predicted = confmat.sum(dim=0).tolist()
-    rows = []
-    for index, name in enumerate(class_names):
-        iou, acc = float(scores["iou"][index]), float(scores["acc"][index])
-        rows.append(
-            [
-                name,
-                None if np.isnan(iou) else iou,
-                None if np.isnan(acc) else acc,
-                int(target[index]),
-                int(predicted[index]),
-            ]
-        )
-    return rows
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:
@@ -121,9 +83,7 @@ class SegImageLogger(pl.Callback):
 
     def _wanted(self, trainer: pl.Trainer) -> bool:
         """Whether anyone looks at the images: the run folder or an image-taking logger."""
-        return self.pictures or any(
-            isinstance(lg, (WandbLogger, TensorBoardLogger, MLFlowLogger)) for lg in trainer.loggers
-        )
+        return self.pictures or publish.takes_images(trainer)
 
     # -- the fixed images: collected once, from the first validation batches -----------------
     def _have_images(self) -> int:
@@ -192,58 +152,7 @@ class SegImageLogger(pl.Callback):
         path = None
         if self.pictures:
             path = save_png(grid, self.run_dir(trainer) / EXAMPLES_DIR / f"epoch_{epoch:03d}.png")
-        step = trainer.global_step
-        wandb_logger = find_wandb_logger(trainer)
-        if wandb_logger is not None:
-            self._log_wandb_images(trainer, pl_module, wandb_logger, grid, epoch)
-        for logger in _loggers_of(trainer, TensorBoardLogger):
-            logger.experiment.add_image("val/examples", grid, step, dataformats="HWC")
-        for logger in _loggers_of(trainer, MLFlowLogger):
-            if path is not None:
-                logger.experiment.log_artifact(logger.run_id, str(path), str(EXAMPLES_DIR))
-            else:
-                logger.experiment.log_image(
-                    logger.run_id, grid, artifact_file=f"{EXAMPLES_DIR}/epoch_{epoch:03d}.png"
-                )
-
-    def _log_wandb_images(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        logger: WandbLogger,
-        grid: np.ndarray,
-        epoch: int,
-    ) -> None:
-        import wandb
-
-        images, masks, predictions = self._last
-        hparams = pl_module.hparams
-        labels = class_labels(pl_module.class_names, hparams.get("ignore_index"))
-        rgb = denormalize(images, hparams.get("mean"), hparams.get("std"))
-        entries = [
-            wandb.Image(
-                rgb[index],
-                masks={
-                    "ground_truth": {
-                        "mask_data": masks[index].numpy().astype(np.uint8),
-                        "class_labels": labels,
-                    },
-                    "prediction": {
-                        "mask_data": predictions[index].numpy().astype(np.uint8),
-                        "class_labels": labels,
-                    },
-                },
-                caption=f"val image {index}, epoch {epoch}",
-            )
-            for index in range(len(rgb))
-        ]
-        logger.experiment.log(
-            {
-                "val/examples": entries,  # interactive: masks toggled and classes named on hover
-                "val/examples_grid": wandb.Image(grid, caption=f"epoch {epoch}"),  # = the PNG
-                "trainer/global_step": trainer.global_step,
-            }
-        )
+        publish.publish_examples(trainer, pl_module, grid, epoch, self._last, path)
 
     # -- the curves: one row per epoch, from the metrics the module logged --------------------
     def _record(self, epoch: int, **values: float | None) -> None:
@@ -298,12 +207,13 @@ class SegImageLogger(pl.Callback):
 
             files.append(plot_curves(self.history, run_dir / CURVES_FILE))
         files += self._confusion(trainer, pl_module, "val")
-        self._log_mlflow_files(trainer, [f for f in files if f is not None])
-        self._tensorboard_hparams(trainer, pl_module)
+        publish.mlflow_files(trainer, [f for f in files if f is not None], run_dir)
+        publish.tensorboard_run_hparams(trainer, pl_module)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self._log_mlflow_files(trainer, self._confusion(trainer, pl_module, "test"))
+            files = self._confusion(trainer, pl_module, "test")
+            publish.mlflow_files(trainer, files, self.run_dir(trainer))
 
     def _confusion(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
@@ -312,9 +222,9 @@ class SegImageLogger(pl.Callback):
         confmat = getattr(pl_module, "last_confmat", {}).get(stage)
         if confmat is None:
             return []
-        wandb_logger = find_wandb_logger(trainer)
+        wandb_logger = publish.find_wandb_logger(trainer)
         if self.log_tables and wandb_logger is not None:
-            self._log_wandb_tables(trainer, pl_module, wandb_logger, confmat, stage)
+            publish.wandb_tables(trainer, pl_module, wandb_logger, confmat, stage)
         if not self.pictures:
             return []
         from segexp.run.report import plot_confusion, write_confusion_csv
@@ -332,63 +242,3 @@ class SegImageLogger(pl.Callback):
             write_confusion_csv(matrix, names, folder / "confusion.csv"),
             plot_confusion(matrix, names, folder / "confusion.png", title=title),
         ]
-
-    def _log_mlflow_files(self, trainer: pl.Trainer, files: Sequence[Path]) -> None:
-        """MLflow artifacts at the same paths as in the run folder (``val/confusion.png``)."""
-        root = self.run_dir(trainer)
-        for logger in _loggers_of(trainer, MLFlowLogger):
-            for path in files:
-                try:
-                    folder = str(path.parent.relative_to(root))
-                except ValueError:
-                    folder = None
-                logger.experiment.log_artifact(
-                    logger.run_id, str(path), None if folder in (None, ".") else folder
-                )
-
-    @staticmethod
-    def _tensorboard_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """TensorBoard's HPARAMS table: the run's config and its headline metrics, val and test."""
-        loggers = _loggers_of(trainer, TensorBoardLogger)
-        if not loggers:
-            return
-        from segexp.track.loggers import tensorboard_hparams
-
-        params = getattr(pl_module, "run_config", None) or dict(pl_module.hparams)
-        names = [f"{stage}/{key}" for stage in ("val", "test") for key in (*SUMMARY_KEYS, "loss")]
-        names.append("train/loss_epoch")
-        for logger in loggers:
-            tensorboard_hparams(logger, params, names)
-
-    def _log_wandb_tables(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        logger: WandbLogger,
-        confmat: torch.Tensor,
-        stage: str,
-    ) -> None:
-        import wandb
-
-        names = list(pl_module.class_names)
-        iou_table = wandb.Table(
-            columns=["class", "IoU", "accuracy", "target_pixels", "predicted_pixels"],
-            data=per_class_rows(confmat, names),
-        )
-        counts = confmat.long().tolist()  # rows: target, columns: prediction
-        cells = [
-            [names[t], names[p], counts[t][p]] for t in range(len(names)) for p in range(len(names))
-        ]
-        confusion = wandb.plot_table(
-            "wandb/confusion_matrix/v1",
-            wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells),
-            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-            {"title": f"{stage} confusion matrix (pixels)"},
-        )
-        logger.experiment.log(
-            {
-                f"{stage}/per_class_iou": iou_table,
-                f"{stage}/confusion_matrix": confusion,
-                "trainer/global_step": trainer.global_step,
-            }
-        )

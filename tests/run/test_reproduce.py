@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from segexp.cli.argv import rewrite_argv
-from segexp.data.datamodule import SeededAugmentation, SeededSampler
+from segexp.data.sampling import SeededAugmentation, SeededSampler
 from segexp.run.reproduce import ReproduceError, prepare_config
 from segexp.run.wandb_id import read_wandb_id as wandb_run_id
 from tests.conftest import CONF, TINY, run_script

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from segexp.track.callbacks import SegImageLogger, class_labels, denormalize, per_class_rows
+from segexp.data.viz import denormalize
+from segexp.track.callbacks import SegImageLogger
 
 
 def test_denormalize_undoes_the_pipeline() -> None:
@@ -21,20 +22,6 @@ def test_denormalize_undoes_the_pipeline() -> None:
     ]  # what the data pipeline does
     tensor = torch.from_numpy(normalised).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
     np.testing.assert_array_equal(denormalize(tensor, mean, std)[0], image)
-
-
-def test_per_class_rows_from_confusion_matrix() -> None:
-    # rows: target, columns: prediction. class 2 never occurs: no IoU, no accuracy.
-    confmat = torch.tensor([[8, 2, 0], [1, 3, 0], [0, 0, 0]])
-    rows = per_class_rows(confmat, ["bg", "fg", "never"])
-    assert rows[0] == ["bg", pytest.approx(8 / 11), pytest.approx(8 / 10), 10, 9]
-    assert rows[1] == ["fg", pytest.approx(3 / 6), pytest.approx(3 / 4), 4, 5]
-    assert rows[2] == ["never", None, None, 0, 0]
-
-
-def test_class_labels_name_ignore() -> None:
-    assert class_labels(["bg", "cat"], 255) == {0: "bg", 1: "cat", 255: "ignore"}
-    assert class_labels(["bg", "cat"], None) == {0: "bg", 1: "cat"}
 
 
 def test_due_every_n_epochs_and_last() -> None:

@@ -1,8 +1,4 @@
-"""init_from= (weights only, matched by name and shape) and offline encoder weights.
-
-Nothing here downloads: encoder weights are files the tests write themselves in the
-weights directory, and the missing-weights path runs with HF_HUB_OFFLINE=1.
-"""
+"""init_from= (segexp.model.transfer): weights only, matched by name and shape."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from omegaconf import open_dict
 from safetensors.torch import save_file
 
 from segexp.errors import UserError
-from segexp.model import pretrained
+from segexp.model import transfer
 from segexp.model.networks import PadToMultiple, build_model
 from tests.conftest import CONF
 from tests.fixtures_data import make_folder
@@ -34,14 +30,6 @@ def unet(classes: int, seed: int, **kwargs) -> torch.nn.Module:
 def tensors_equal(a: dict, b: dict, prefix: str = "") -> bool:
     keys = [k for k in a if k.startswith(prefix)]
     return bool(keys) and all(torch.equal(a[k], b[k]) for k in keys)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty weights directory, and no download may be attempted."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv(pretrained.WEIGHTS_ENV, str(tmp_path / "weights"))
-    return tmp_path / "weights"
 
 
 # ----------------------------------------------------------------------------- init_from
@@ -65,7 +53,7 @@ def test_matching_tensors_load_and_a_new_head_keeps_its_init(tmp_path, layout):
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
-    report = pretrained.init_network(target, path)
+    report = transfer.init_network(target, path)
 
     loaded = target.net.state_dict()
     assert tensors_equal(loaded, state, "encoder.") and tensors_equal(loaded, state, "decoder.")
@@ -83,7 +71,7 @@ def test_encoder_part_loads_only_the_encoder(tmp_path):
     source, target = unet(classes=4, seed=0), unet(classes=4, seed=1)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     torch.save(source.state_dict(), tmp_path / "w.pth")
-    report = pretrained.init_network(target, tmp_path / "w.pth", part="encoder")
+    report = transfer.init_network(target, tmp_path / "w.pth", part="encoder")
     now = target.state_dict()
     assert tensors_equal(now, source.state_dict(), "encoder.")
     assert tensors_equal(now, fresh, "decoder.") and tensors_equal(now, fresh, "segmentation_head.")
@@ -94,7 +82,7 @@ def test_encoder_only_file_is_mapped_under_encoder(tmp_path):
     """A bare backbone's state dict (conv1.weight, layer1...) goes to encoder.*."""
     source, target = unet(classes=4, seed=0), unet(classes=4, seed=1)
     torch.save(source.encoder.state_dict(), tmp_path / "backbone.pt")
-    report = pretrained.init_network(target, tmp_path / "backbone.pt", part="encoder")
+    report = transfer.init_network(target, tmp_path / "backbone.pt", part="encoder")
     assert tensors_equal(target.state_dict(), source.state_dict(), "encoder.")
     assert not report.skipped
 
@@ -104,11 +92,11 @@ def test_strict_refuses_any_mismatch_and_lists_it(tmp_path):
     target = unet(classes=4, seed=1)
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(UserError, match="init_from_strict=true") as caught:
-        pretrained.init_network(target, tmp_path / "w.pt", strict=True)
+        transfer.init_network(target, tmp_path / "w.pt", strict=True)
     assert "segmentation_head.0.weight" in str(caught.value)
     assert tensors_equal(target.state_dict(), before)  # nothing was loaded
     # The encoder alone fits: strict is satisfied within the part.
-    report = pretrained.init_network(target, tmp_path / "w.pt", part="encoder", strict=True)
+    report = transfer.init_network(target, tmp_path / "w.pt", part="encoder", strict=True)
     assert report.loaded and not report.skipped
 
 
@@ -116,14 +104,14 @@ def test_unrelated_or_unreadable_files_are_clear_errors(tmp_path):
     target = unet(classes=4, seed=0)
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="no tensor matches the network"):
-        pretrained.init_network(target, tmp_path / "other.pt")
+        transfer.init_network(target, tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="could not be read as tensors"):
-        pretrained.init_network(target, tmp_path / "junk.pt")
+        transfer.init_network(target, tmp_path / "junk.pt")
     with pytest.raises(UserError, match="is not a file"):
-        pretrained.init_network(target, tmp_path / "absent.ckpt")
+        transfer.init_network(target, tmp_path / "absent.ckpt")
     with pytest.raises(UserError, match="init_from_part"):
-        pretrained.init_network(target, tmp_path / "other.pt", part="decoder")
+        transfer.init_network(target, tmp_path / "other.pt", part="decoder")
 
 
 class Payload:
@@ -133,7 +121,7 @@ class Payload:
 def test_a_file_that_needs_code_to_load_is_refused(tmp_path):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="weights_only=True"):
-        pretrained.init_network(unet(classes=4, seed=0), tmp_path / "evil.pt")
+        transfer.init_network(unet(classes=4, seed=0), tmp_path / "evil.pt")
 
 
 @pytest.mark.slow
@@ -151,78 +139,9 @@ def test_every_model_option_transfers_from_its_checkpoint(compose_cfg, tmp_path,
         source_cfg.model.classes = 4
     torch.manual_seed(1)
     target = PadToMultiple(instantiate(source_cfg.model))
-    report = pretrained.init_network(target, tmp_path / "source.ckpt")
+    report = transfer.init_network(target, tmp_path / "source.ckpt")
     assert tensors_equal(target.net.state_dict(), source.net.state_dict(), "encoder.")
     assert report.shape_mismatch and not report.missing and not report.unexpected
-
-
-# ------------------------------------------------------------------------- encoder weights
-
-
-def save_encoder(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A freshly built resnet18 encoder's state dict, as the fetch command saves it."""
-    from segexp.model.networks import _build_network
-
-    torch.manual_seed(seed)
-    state = _build_network("unet", "resnet18", None, 3, classes=2).encoder.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
-    return state
-
-
-def test_encoder_weights_come_from_the_weights_directory(offline):
-    assert (
-        pretrained.weights_file("resnet18", "imagenet") == offline / "resnet18.imagenet.safetensors"
-    )
-    state = save_encoder(offline / "resnet18.imagenet.safetensors")
-    for arch, kwargs in [("unet", SMALL), ("fcn", {}), ("deeplabv3plus", {})]:
-        net = build_model(arch, "resnet18", "imagenet", classes=3, **kwargs)
-        assert tensors_equal(net.encoder.state_dict(), state), arch
-    gray = build_model("unet", "resnet18", "imagenet", in_channels=1, classes=3)
-    assert torch.allclose(gray.encoder.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
-
-
-def test_missing_encoder_weights_offline_is_one_clear_error(offline):
-    with pytest.raises(UserError) as caught:
-        build_model("unet", "resnet18", "imagenet", classes=3)
-    message = str(caught.value)
-    assert str(offline / "resnet18.imagenet.safetensors") in message
-    assert "smp-hub/resnet18.imagenet" in message  # the Hugging Face cache entry looked for
-    assert "python -m segexp.weights fetch model=unet model.encoder_name=resnet18" in message
-    with pytest.raises(UserError, match="available: imagenet, ssl, swsl"):
-        build_model("unet", "resnet18", "imagenet21k", classes=3)
-
-
-def test_fetch_then_offline_build(offline, monkeypatch):
-    """The fetch command's file is what the offline build loads (the download is stood in
-    for by a seeded build: the test must not download)."""
-    from segexp import weights as cli
-    from segexp.model import networks
-
-    real = networks._build_network
-
-    def downloaded(arch, encoder_name, encoder_weights, in_channels, **kwargs):
-        assert encoder_weights == "imagenet" and in_channels == 3
-        torch.manual_seed(7)
-        return real(arch, encoder_name, None, in_channels, **kwargs)
-
-    monkeypatch.setattr(networks, "_build_network", downloaded)
-    saved = cli.fetch(["model=unet", "model.encoder_name=resnet18,resnet34", "model.in_channels=4"])
-    assert saved == [
-        offline / "resnet18.imagenet.safetensors",
-        offline / "resnet34.imagenet.safetensors",
-    ]
-    monkeypatch.setattr(networks, "_build_network", real)
-    expected = downloaded("unet", "resnet18", "imagenet", 3, classes=2).encoder.state_dict()
-    net = build_model("unet", "resnet18", "imagenet", classes=5)
-    assert tensors_equal(net.encoder.state_dict(), expected)
-
-
-def test_checkpoints_rebuild_without_looking_up_encoder_weights(offline):
-    with pretrained.skip_encoder_weights():
-        build_model("unet", "resnet34", "imagenet", classes=3)  # nothing cached, no error
-    with pytest.raises(UserError):
-        build_model("unet", "resnet34", "imagenet", classes=3)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -248,7 +167,7 @@ def test_train_on_shapes_then_init_from_on_a_four_class_folder(compose_cfg, tmp_
 
     module = build_module(cfg)
     fresh = {k: v.clone() for k, v in module.state_dict().items()}
-    report = pretrained.init_from_config(cfg, module)
+    report = transfer.init_from_config(cfg, module)
     now = module.state_dict()
     encoder = [k for k in now if k.startswith("net.net.encoder.")]
     assert encoder and all(torch.equal(now[k], source[k]) for k in encoder)
@@ -256,7 +175,7 @@ def test_train_on_shapes_then_init_from_on_a_four_class_folder(compose_cfg, tmp_
     assert head and all(torch.equal(now[k], fresh[k]) for k in head)
     assert not torch.equal(now[head[0]][:4], source[head[0]][:4])
 
-    with caplog.at_level(logging.INFO, logger="segexp.model.pretrained"):
+    with caplog.at_level(logging.INFO, logger="segexp.model.transfer"):
         metrics = train(cfg)
     assert "test/mIoU" in metrics and "val/mIoU" in metrics
     assert "segmentation_head.0.weight: file (6, 16, 3, 3) vs network (4, 16, 3, 3)" in caplog.text
@@ -264,7 +183,7 @@ def test_train_on_shapes_then_init_from_on_a_four_class_folder(compose_cfg, tmp_
     assert info["packages"]["torch"]  # merged into the run's metadata, not replacing it
     record = info["init_from"]
     assert record["path"] == str(ckpt.resolve())
-    assert record["sha256"] == pretrained.sha256(ckpt)
+    assert record["sha256"] == transfer.sha256(ckpt)
     assert record["loaded"] == len(report.loaded)
     assert {n.split(":")[0] for n in record["shape_mismatch"]} == {
         k.removeprefix("net.net.") for k in head
