@@ -2,7 +2,7 @@
 
 Every layer raises a subclass of ``UserError`` (``DataError``, ``CheckpointError``,
 ``ConfigError``, ...) with a message that names the key or file, the problem and the
-fix; ``segexp.run.errors`` turns it into that message and exit code 2 at every entry
+fix; ``segexp.cli.errors`` turns it into that message and exit code 2 at every entry
 point. Anything else is a bug and keeps its traceback.
 
 This module sits below every layer so that each can raise without importing upward.

@@ -5,7 +5,7 @@
 
 Each cell shows the augmented image and, beside it, the mask blended on it in the
 VOC colour map (``segexp.data.viz``); ignore_index pixels are white. The config
-(conf/browse.yaml) composes the same data and augment groups as train.py's, so what
+(conf/browse.yaml) composes the same data and augment groups as ``segexp train``, so what
 you see is what training gets (before normalisation).
 """
 

@@ -1,4 +1,4 @@
-"""Metric reports: the one metric table (train.py's summary, evaluate.py's report), the
+"""Metric reports: the one metric table (segexp train's summary, segexp eval's report), the
 confusion matrix as CSV and as a PNG plot."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def format_report(
 def print_summary(
     metrics: Mapping[str, float], run_dir: str | os.PathLike, class_names: Sequence[str], stage: str
 ) -> None:
-    """train.py's closing words: the metric table, then where the run's files are."""
+    """segexp train's closing words: the metric table, then where the run's files are."""
     run_dir = Path(run_dir).resolve()
     print("\n" + format_report(metrics, class_names, stage))
     print(f"\nrun folder: {run_dir}")

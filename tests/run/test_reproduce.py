@@ -1,4 +1,4 @@
-"""reproduce=<run> and resume=<run> (segexp/reproduce.py), and the seeded data they rely on."""
+"""reproduce=<run> and resume=<run> (segexp/run/reproduce.py, segexp/cli/argv.py), and the seeded data they rely on."""
 
 from __future__ import annotations
 
