@@ -154,12 +154,23 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def command_line() -> list[str]:
+    """The command that started this process, as a user would type it again: the ``segexp``
+    command took its sub-command word off ``sys.argv`` (for Hydra) and keeps it in
+    ``$SEGEXP_COMMAND``, so it is put back."""
+    argv = list(sys.argv)
+    command = os.environ.get("SEGEXP_COMMAND")
+    if command and Path(argv[0]).name == "segexp" and argv[1:2] != [command]:
+        argv.insert(1, command)
+    return [sys.executable, *argv]
+
+
 def run_metadata() -> dict[str, Any]:
     """Git commit, package versions, command line, host: what it takes to re-run this."""
     return {
         "git": git_state(),
         "packages": package_versions(),
-        "command": [sys.executable, *sys.argv],
+        "command": command_line(),
         "cwd": os.getcwd(),
         "python": platform.python_version(),
         "host": platform.node(),

@@ -3,6 +3,7 @@ written into site-packages, and ``--help`` without torch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -58,6 +59,8 @@ def test_an_installed_wheel_trains_evaluates_and_predicts_from_an_empty_folder(i
     ckpt = work / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (work / "run" / "metrics.json").is_file()
     assert (work / "data").is_dir()  # generated data under the working folder, not the package
+    command = json.loads((work / "run" / "run_info.json").read_text())["command"]
+    assert command[1:4] == [str(installed.segexp), "train", TINY[0]]  # as the user typed it
 
     evaluate = installed.run("eval", f"ckpt_path={ckpt}", "hydra.run.dir=eval", cwd=work)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
