@@ -184,6 +184,25 @@ def test_two_ddp_ranks_on_the_cpu(project):
     assert (run / "metrics.json").is_file()
 
 
+@pytest.mark.slurm
+def test_a_slurm_sweep_of_its_own_model(project):
+    from tests.run.test_slurm import SLURM, cluster_problem
+
+    problem = cluster_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    sweep = project.root / "runs" / "slurm"
+    result = project.segexp(
+        "train", "-m", *TINY, "optimizer.lr=1e-3,1e-2", *SLURM, f"hydra.sweep.dir={sweep}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((sweep / ".submitit").glob("*/*_submitted.pkl"))) == 2  # two SLURM jobs
+    for job in ("0", "1"):
+        saved = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())
+        assert saved["model"]["_target_"] == "mylab.models.TinyNet"
+        assert (sweep / job / "metrics.json").is_file()
+
+
 def test_init_from_its_checkpoint_and_reproduce(project):
     result = project.segexp("train", *TINY, f"init_from={project.ckpt}", "hydra.run.dir=runs/init")
     assert result.returncode == 0, result.stderr[-3000:]

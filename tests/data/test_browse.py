@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.browse import translate_legacy_flags
+from segexp.cli.argv import translate_legacy_flags
 from segexp.data.browse import BrowseError, browse
 from segexp.data.viz import overlay, palette
 from tests import fixtures_data as fixtures
