@@ -98,7 +98,8 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
 def exit_codes() -> Iterator[None]:
     """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
     # Imported here, not at the top: hydra_entry runs every --help, which must not import torch.
-    from segexp.run.signals import Interrupted, NonFiniteLossError
+    from segexp.run.guards import NonFiniteLossError
+    from segexp.run.signals import Interrupted
 
     global _reached
     _reached = True
