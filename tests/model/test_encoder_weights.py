@@ -71,7 +71,7 @@ def test_missing_encoder_weights_offline_is_one_clear_error(offline):
 def test_fetch_then_offline_build(offline, monkeypatch):
     """The fetch command's file is what the offline build loads (the download is stood in
     for by a seeded build: the test must not download)."""
-    from segexp import weights as cli
+    from segexp.cli import weights as cli
     from segexp.model import networks
 
     real = networks.build_network
