@@ -260,7 +260,7 @@ def test_export_cli_refuses(name, good, tmp_path):
     evil = evil_checkpoint(good, name, marker)
     out = tmp_path / "model.onnx"
     result = run_script(
-        "-m", "segexp.infer.export", f"ckpt_path={evil}", f"output={out}",
+        "-m", "segexp.export", f"ckpt_path={evil}", f"output={out}",
         f"hydra.run.dir={tmp_path / 'export'}",
     )  # fmt: skip
     assert_refused(result, marker, attacks(marker)[name][1])
