@@ -36,9 +36,7 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Run ``segexp browse`` with the arguments in ``sys.argv[1:]``."""
     from segexp.cli.argv import translate_legacy_flags
-    from segexp.cli.errors import hydra_entry
-    from segexp.cli.help import speed_up_help
+    from segexp.cli.errors import hydra_command
 
     sys.argv = [sys.argv[0], *translate_legacy_flags(sys.argv[1:])]
-    speed_up_help()
-    hydra_entry(hydra_main)  # Hydra's own config errors exit 2 too
+    hydra_command(hydra_main)

@@ -138,3 +138,12 @@ def hydra_entry(main: Callable[[], Any]) -> None:
         if error.code == 1 and not _reached:
             raise SystemExit(USER_ERROR_EXIT) from None
         raise
+
+
+def hydra_command(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``segexp`` Hydra command from ``sys.argv``: a fast ``--help`` (``cli/help.py``),
+    and a command line Hydra cannot compose exits 2 (``hydra_entry``)."""
+    from segexp.cli.help import speed_up_help
+
+    speed_up_help()
+    hydra_entry(hydra_main)

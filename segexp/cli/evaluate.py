@@ -28,8 +28,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Run ``segexp eval`` with the arguments in ``sys.argv[1:]``."""
-    from segexp.cli.errors import hydra_entry
-    from segexp.cli.help import speed_up_help
+    from segexp.cli.errors import hydra_command
 
-    speed_up_help()
-    hydra_entry(hydra_main)  # Hydra's own config errors exit 2 too
+    hydra_command(hydra_main)

@@ -38,13 +38,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Run ``segexp train`` with the arguments in ``sys.argv[1:]``."""
     from segexp.cli.argv import rewrite_argv
-    from segexp.cli.errors import fail, hydra_entry
-    from segexp.cli.help import speed_up_help
+    from segexp.cli.errors import fail, hydra_command
     from segexp.run.reproduce import ReproduceError
 
-    speed_up_help()
     try:  # reproduce=/resume= become Hydra arguments before Hydra parses them
         sys.argv = rewrite_argv(sys.argv)
     except ReproduceError as error:
         fail(str(error))
-    hydra_entry(hydra_main)  # Hydra's own config errors exit 2 too
+    hydra_command(hydra_main)
