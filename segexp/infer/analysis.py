@@ -25,10 +25,14 @@ errors, not in a boundary band, not in an object.
 
 from __future__ import annotations
 
+import csv
 import heapq
+import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -341,15 +345,19 @@ class Analysis:
             },
         }
 
-    def csv_columns(self) -> list[str]:
-        return [*ROW_COLUMNS, *(f"iou/{name}" for name in self.class_names)]
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        """``per_image.csv``: one row per image (``ROW_COLUMNS``, then ``iou/<class>``; NaN,
+        a class in neither the image's mask nor its prediction, as empty), atomically."""
+        from segexp.run.rundir import write_text
 
-    def csv_rows(self) -> list[list[Any]]:
-        """The per-image table: one row per image, ``csv_columns()``; NaN as empty."""
-        return [
-            [_cell(row[key]) for key in ROW_COLUMNS] + [_cell(v) for v in row["iou"].tolist()]
-            for row in self.rows
-        ]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow([*ROW_COLUMNS, *(f"iou/{name}" for name in self.class_names)])
+        for row in self.rows:
+            values = [row[key] for key in ROW_COLUMNS] + row["iou"].tolist()
+            writer.writerow(["" if _isnan(v) else repr(v) if isinstance(v, float) else v
+                             for v in values])  # fmt: skip
+        return write_text(path, buffer.getvalue())
 
 
 ROW_COLUMNS = (
@@ -370,7 +378,5 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return value
+def _isnan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

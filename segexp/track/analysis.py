@@ -20,8 +20,6 @@ Several processes: each analyses its own images and rank 0 merges and writes.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from pathlib import Path
@@ -234,11 +232,7 @@ def write_analysis(
     from segexp.run.rundir import write_json, write_text
     from segexp.track.analysis_page import render_analysis
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(analysis.csv_columns())
-    writer.writerows(analysis.csv_rows())
-    files = [write_text(folder / "per_image.csv", buffer.getvalue())]
+    files = [analysis.write_csv(folder / "per_image.csv")]
     summary = analysis.summary(top_pairs)
     summary["worst"], grid = draw_worst(analysis, folder)
     files.append(write_json(folder / "analysis.json", summary))

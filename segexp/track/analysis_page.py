@@ -93,7 +93,7 @@ def render_analysis(
         f"<h2>The {len(worst)} images of lowest mIoU</h2>",
         '<p class="muted">image | ground truth | prediction | errors (red wrong, grey right, '
         "white ignored)</p>",
-        f'<div class="examples">{"".join(worst)}</div>'
+        f'<div class="examples wide">{"".join(worst)}</div>'
         if worst
         else '<p class="muted">No image has a score.</p>',
         f"<h2>Per-image scores ({shown} of {total}, lowest mIoU first)</h2>",
@@ -149,5 +149,5 @@ def changes_section(changes: dict[str, Any] | None, top: int = 10) -> str:
             for run, file, score in r["pictures"]
         ]
         if pictures:
-            parts.append(f'<div class="examples">{"".join(pictures)}</div>')
+            parts.append(f'<div class="examples wide">{"".join(pictures)}</div>')
     return "".join(parts)

@@ -39,6 +39,7 @@ td.best { background: #d6f5d6; font-weight: bold; }
 .muted { color: #666; font-size: 0.9em; }
 .examples { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
 .examples figure { margin: 0; } .examples img { max-width: 340px; border: 1px solid #ccc; }
+.examples.wide img { max-width: 760px; }
 figcaption { font-size: 0.85em; margin-bottom: 0.3em; }
 img.plot { max-width: 100%; }
 """
@@ -108,6 +109,8 @@ def data_uri(png: bytes) -> str:
 
 def cell(value: Any) -> str:
     """A table cell: numbers carry their value (data-v) for sorting, text is left-aligned."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # a numpy scalar: its Python number (repr without np.float64)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return '<td data-v=""></td>'
     if isinstance(value, bool) or not isinstance(value, (int, float)):
