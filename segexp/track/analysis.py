@@ -32,7 +32,7 @@ import torch
 from segexp.data.viz import denormalize
 from segexp.infer.analysis import Analysis, WorstImage, object_classes
 
-FILES = ("per_image.csv", "analysis.json", "worst.png", "analysis.html")
+FAST_PNG = 1  # zlib level of the pictures: up to 3x faster to write than 6, files ~5 % larger
 
 
 class EvalAnalysis(pl.Callback):
@@ -193,7 +193,8 @@ def draw_worst(analysis: Analysis, folder: Path) -> tuple[list[dict[str, Any]], 
             kept.image[None], kept.target[None], kept.prediction[None], names, ignore,
             errors=True, captions=[caption(rank, kept)],
         )  # fmt: skip
-        file = save_png(strip, folder / "worst" / f"{rank:02d}_{safe_name(kept.row['name'])}.png")
+        name = f"{rank:02d}_{safe_name(kept.row['name'])}.png"
+        file = save_png(strip, folder / "worst" / name, FAST_PNG)
         strips.append(file)
         row = kept.row
         entries.append(
@@ -222,7 +223,7 @@ def draw_worst(analysis: Analysis, folder: Path) -> tuple[list[dict[str, Any]], 
         names, ignore, title=f"the {len(worst)} images of lowest mIoU", errors=True,
         captions=[caption(rank, k) for rank, k in enumerate(worst, start=1)],
     )  # fmt: skip
-    return entries, save_png(grid, folder / "worst.png")
+    return entries, save_png(grid, folder / "worst.png", FAST_PNG)
 
 
 def write_analysis(

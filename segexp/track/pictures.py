@@ -161,14 +161,17 @@ def example_grid(
     return np.asarray(canvas)
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file)."""
+def save_png(array: np.ndarray, path: str | os.PathLike, compress_level: int = 6) -> Path:
+    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file).
+
+    ``compress_level``: zlib's 0-9 (PIL's default 6); 1 writes several times faster."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    picture = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    picture.save(buffer, format="PNG", compress_level=compress_level)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
