@@ -159,6 +159,7 @@ def test_diagonal_neighbours_are_one_object_and_ignored_pixels_none():
         {"class": "a", "bucket": "small", "objects": 1, "recall": 1.0, "pixel_recall": 1.0},
     ]
     assert row["pixels"] == 400 - 4 and row["mIoU"] == 1.0 and row["pixel_acc"] == 1.0
+    assert row["boundary_mIoU"] == 1.0 and analysis.boundary_iou()[1] == 1.0
 
 
 def test_csv_means_match_the_split_figures(tmp_path):
