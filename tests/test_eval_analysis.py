@@ -118,6 +118,17 @@ def test_cli_eval_writes_the_analysis(setup, tmp_path):
     assert "analysis.html" in result.stdout and "boundary mIoU" in result.stdout
 
 
+def test_bad_analysis_setting_stops_before_the_model_runs(setup, compose_cfg):
+    from segexp.cli.errors import user_message
+
+    root, ckpt = setup
+    cfg = eval_cfg(compose_cfg, ckpt, root, "analysis.size_thresholds=[0.5,0.1]")
+    with pytest.raises(Exception) as error:  # Hydra's instantiate wraps it
+        evaluate(cfg)
+    assert "analysis.size_thresholds=[0.5, 0.1]" in user_message(error.value)  # exit 2
+    assert not (Path(cfg.paths.output_dir) / "run_info.json").exists()  # nothing ran yet
+
+
 def test_eval_without_analysis_writes_none_of_it(setup, compose_cfg):
     root, ckpt = setup
     cfg = eval_cfg(compose_cfg, ckpt, root, "analysis.enabled=false")

@@ -71,6 +71,7 @@ class EvalAnalysis(pl.Callback):
             "size_unit": size_unit,
             "size_thresholds": list(size_thresholds),
         }
+        Analysis(["check"], **self.settings)  # a bad setting fails now, before any image
         self.exclude = None if exclude is None else list(exclude)
         self.top_pairs = int(top_pairs)
         self.html_rows = int(html_rows)
