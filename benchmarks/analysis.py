@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from benchmarks.harness import Figure, Settings, interleaved, python, run_checked
 from benchmarks.inference import peak_rss_mb
 
-SIZE = 512  # the memory figures' image size
+SIZE = 512  # the memory figures' image size (--quick: 128)
 
 
 def checkpoint(settings: Settings) -> Path:
@@ -76,19 +76,19 @@ def in_process_seconds(ckpt: Path, out: Path, enabled: bool) -> float:
     return time.perf_counter() - began
 
 
-def splits(settings: Settings, lengths: list[int]) -> dict[int, Path]:
-    """Folder datasets of 512 px shapes scenes, one per length (links into one drawn set)."""
+def splits(settings: Settings, lengths: list[int], size: int) -> dict[int, Path]:
+    """Folder datasets of shapes scenes, one per length (links into one drawn set)."""
     from benchmarks.harness import write_folder_dataset
     from segexp.data.shapes import CLASS_NAMES, draw_scene
 
-    base = settings.data_dir / f"analysis-{SIZE}px-{max(lengths)}"
+    base = settings.data_dir / f"analysis-{size}px-{max(lengths)}"
     if not (base / "classes.txt").is_file():
         write_folder_dataset(
-            base, {"test": max(lengths)}, lambda seed: draw_scene(seed, SIZE), CLASS_NAMES
+            base, {"test": max(lengths)}, lambda seed: draw_scene(seed, size), CLASS_NAMES
         )
     roots = {}
     for length in lengths:
-        root = settings.data_dir / f"analysis-{SIZE}px-first{length}"
+        root = settings.data_dir / f"analysis-{size}px-first{length}"
         for kind in ("images", "masks"):
             folder = root / kind / "test"
             folder.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,8 @@ def run(settings: Settings) -> list[Figure]:
         ),
     ]  # fmt: skip
 
-    lengths = [4, 8] if settings.quick else [40, 80, 160]
-    roots = splits(settings, lengths)
+    lengths, size = ([2, 4], 128) if settings.quick else ([40, 80, 160], SIZE)
+    roots = splits(settings, lengths, size)
     peaks = {}
     for length, root in roots.items():
         peaks[length] = peak_rss_mb(
@@ -179,7 +179,7 @@ def run(settings: Settings) -> list[Figure]:
                 "data.num_workers=0", "batch_size=4",
             )
         )  # fmt: skip
-        figures.append(Figure(f"peak RSS, segexp eval of {length} images of {SIZE} px", peaks[length], "MB"))  # fmt: skip
+        figures.append(Figure(f"peak RSS, segexp eval of {length} images of {size} px", peaks[length], "MB"))  # fmt: skip
     longest = max(lengths)
     off_peak = peak_rss_mb(
         eval_command(
@@ -193,11 +193,11 @@ def run(settings: Settings) -> list[Figure]:
     count = 40 if settings.quick else 5000
     streamed = peak_rss_mb(
         [sys.executable, "-c",
-         f"from benchmarks.analysis import stream; stream({count}, {SIZE}, {str(out / 'stream')!r})"]
+         f"from benchmarks.analysis import stream; stream({count}, {size}, {str(out / 'stream')!r})"]
     )  # fmt: skip
     figures.append(
         Figure(
-            f"peak RSS, the analysis alone, {count} images of {SIZE} px",
+            f"peak RSS, the analysis alone, {count} images of {size} px",
             streamed,
             "MB",
             "<= 2048",
