@@ -75,8 +75,8 @@ def render_analysis(
     worst = [
         figure(
             folder / entry["file"],
-            f"#{entry['rank']} {entry['path']}: mIoU {_score(entry['mIoU'])}, "
-            f"pixel accuracy {_score(entry['pixel_acc'])}",
+            f"#{entry['rank']} mIoU {_score(entry['mIoU'])}, pixel accuracy "
+            f"{_score(entry['pixel_acc'])}: {entry['path']}",
         )
         for entry in summary["worst"]
     ]

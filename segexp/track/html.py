@@ -40,6 +40,8 @@ td.best { background: #d6f5d6; font-weight: bold; }
 .examples { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
 .examples figure { margin: 0; } .examples img { max-width: 340px; border: 1px solid #ccc; }
 .examples.wide img { max-width: 760px; }
+.examples.wide figure { display: table; }  /* the picture sets the width; the caption wraps */
+.examples.wide figcaption { display: table-caption; caption-side: top; overflow-wrap: anywhere; }
 figcaption { font-size: 0.85em; margin-bottom: 0.3em; }
 img.plot { max-width: 100%; }
 """
