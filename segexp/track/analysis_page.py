@@ -45,13 +45,19 @@ def image_rows(analysis: Analysis, limit: int) -> list[list[Any]]:
     return table
 
 
-def class_rows(analysis: Analysis) -> list[list[Any]]:
-    """Class, labelled pixels, IoU, Boundary IoU and how much lower the boundary is."""
+def split_iou(analysis: Analysis) -> tuple[np.ndarray, float]:
+    """(IoU per class, mIoU) of the split, as ``segexp.model.metrics`` computes them."""
     import torch
 
     from segexp.model.metrics import confusion_scores
 
-    iou = confusion_scores(torch.from_numpy(analysis.confmat))["iou"].numpy()
+    scores = confusion_scores(torch.from_numpy(analysis.confmat))
+    return scores["iou"].numpy(), float(scores["mIoU"])
+
+
+def class_rows(analysis: Analysis) -> list[list[Any]]:
+    """Class, labelled pixels, IoU, Boundary IoU and how much lower the boundary is."""
+    iou, _ = split_iou(analysis)
     boundary, _ = analysis.boundary_iou()
     pixels = analysis.confmat.sum(1)
     return [
@@ -68,7 +74,8 @@ def render_analysis(
     total = len(analysis.rows)
     shown = min(total, html_rows)
     intro = (
-        f"{total} images; pixel accuracy {_score(summary['pixel_acc'])}, Boundary mIoU "
+        f"{total} images; mIoU {_score(split_iou(analysis)[1])}, pixel accuracy "
+        f"{_score(summary['pixel_acc'])}, Boundary mIoU "
         f"{_score(boundary['mIoU'])} (band: {boundary['width']:.3g} of the image diagonal). "
         "Click a column header to sort. Every figure is also in per_image.csv and analysis.json."
     )

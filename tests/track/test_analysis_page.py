@@ -138,6 +138,16 @@ def test_files_and_page(tmp_path: Path) -> None:
     assert EVIL not in text and "<b>cat" not in text  # every user string escaped ...
     assert html.escape(EVIL) in text and "&lt;b&gt;cat&lt;/b&gt;" in text  # ... and shown
     assert page.scripts == 1  # ours only
+    pooled = [(t != IGNORE) & (p == t) for _, t, p in triples]
+    labelled = sum(int((t != IGNORE).sum()) for _, t, _ in triples)
+    accuracy = sum(int(c.sum()) for c in pooled) / labelled
+    assert f"pixel accuracy {accuracy:.4f}" in text
+    ious = []
+    for cls in range(len(NAMES)):
+        hit = sum(int(((p == cls) & (t == cls)).sum()) for _, t, p in triples)
+        either = sum(int((((p == cls) | (t == cls)) & (t != IGNORE)).sum()) for _, t, p in triples)
+        ious.append(hit / either)
+    assert f"{len(triples)} images; mIoU {np.mean(ious):.4f}," in text
     assert "np.float" not in text and "np.int" not in text  # numbers sort as numbers
     # Worst images inline; per-image rows lowest mIoU first; every class; the pairs.
     assert len(page.sources) == 3 and all(
