@@ -242,6 +242,25 @@ def test_merge_equals_one_pass():
     assert [k.row["name"] for k in first.worst()] == [k.row["name"] for k in one.worst()]
 
 
+def test_rows_read_back_across_blocks(monkeypatch):
+    from segexp.infer.analysis import RowTable
+
+    monkeypatch.setattr(RowTable, "CHUNK", 2)  # five rows span three blocks
+    rng = np.random.default_rng(4)
+    analysis = Analysis(["a", "b", "c"], IGNORE)
+    returned = []
+    for index in range(5):
+        target = rng.integers(0, 3, (6, 7 + index)).astype(np.uint8)
+        returned.append(analysis.add(np.roll(target, index, 1), target, f"n{index}", f"p/{index}"))
+    assert len(analysis.rows) == 5 and len(analysis.rows._numbers) == 3
+    for row, expected in zip(analysis.rows, returned):
+        np.testing.assert_array_equal(row.pop("iou"), expected.pop("iou"))
+        assert row == expected
+    assert analysis.rows[4]["width"] == 11 and analysis.rows[3]["path"] == "p/3"
+    with pytest.raises(IndexError):
+        analysis.rows[5]
+
+
 def test_settings_are_checked():
     with pytest.raises(UserError, match="size_thresholds"):
         Analysis(["a"], size_thresholds=(0.1, 0.01))
