@@ -31,7 +31,7 @@ class SegModule(pl.LightningModule):
         pad_multiple: inputs are padded to this multiple and outputs cropped back;
             None: the multiple the network needs (``segexp.model.networks.required_multiple``).
         channels_last: keep the network's weights and its inputs in channels_last memory
-            format (NHWC). Same results; faster convolutions on a GPU (BENCHMARKS.md).
+            format (NHWC). Same results; faster convolutions on a GPU (docs/benchmarks.md).
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class SegModule(pl.LightningModule):
         scores.update(flat_scores(matrix, self.class_names, stage))
         confmat.reset()
         # One self.log (the progress bar's figure); Lightning's ~1 ms per self.log call would
-        # cost more than the metrics themselves on small images (BENCHMARKS.md, figure 3). The
+        # cost more than the metrics themselves on small images (docs/benchmarks.md, figure 3). The
         # others go to the loggers once, as Lightning would write them (step, epoch), and to
         # callback_metrics, which checkpoint/early-stopping monitors and metrics.json read.
         headline = f"{stage}/mIoU"

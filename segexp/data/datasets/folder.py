@@ -1,4 +1,4 @@
-"""The plain folder layout: images/{split}/*, masks/{split}/<name>.png (README "Bring your own data")."""
+"""The plain folder layout: images/{split}/*, masks/{split}/<name>.png (docs/data.md)."""
 
 from __future__ import annotations
 
