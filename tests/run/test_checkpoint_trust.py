@@ -72,7 +72,7 @@ def attacks(marker: Path) -> dict[str, tuple[str, str, dict]]:
             "data",
             "generate",
             {
-                "_target_": "segexp.run.checkpoint.functools.partial",
+                "_target_": "segexp.run.trust.functools.partial",
                 "_args_": [
                     {"_target_": "segexp.run.checkpoint.os.system", "_partial_": True},
                     touch,
@@ -156,15 +156,16 @@ def test_trust_is_by_identity_not_by_name():
     refused = untrusted_targets({"_target_": "segexp.run.checkpoint.Path.write_text"}, "net")
     assert refused and "pathlib.Path.write_text" in refused[0]
     assert untrusted_targets({"_target_": "segexp.run.checkpoint.load_module"}, "net")
-    # The same allowed object under any name that reaches it passes.
-    for target in (
-        "segexp.data.datasets.FolderDataset",
-        "segexp.data.datasets.folder.FolderDataset",
-        "albumentations.HorizontalFlip",
-        "segmentation_models_pytorch.Unet",
-        "torch.nn.CrossEntropyLoss",
+    # The same allowed object under any name that reaches it passes, in its own slot only.
+    for target, slot in (
+        ("segexp.data.datasets.FolderDataset", "dataset"),
+        ("segexp.data.datasets.folder.FolderDataset", "dataset"),
+        ("albumentations.HorizontalFlip", "transforms"),
+        ("segexp.model.networks.build_model", "net"),
+        ("torch.nn.CrossEntropyLoss", "loss"),
     ):
-        assert untrusted_targets({"_target_": target}) == [], target
+        assert untrusted_targets({"_target_": target}, slot=slot) == [], target
+        assert untrusted_targets({"_target_": target}, slot="scheduler"), target
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,10 @@ def test_trust_is_by_identity_not_by_name():
     ],
 )
 def test_hydra_tricks_are_refused(config, why):
-    problems = untrusted_targets(config, "loss")
+    text = str(config)
+    slot = "optimizer" if "optim" in text else "transforms" if "albument" in text else "loss"
+    slot = "net" if "networks" in text else slot
+    problems = untrusted_targets(config, "loss", slot=slot)
     assert problems and why in problems[0], problems
 
 
