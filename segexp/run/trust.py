@@ -109,7 +109,7 @@ def allowed_callables() -> dict[str, dict[int, Any]]:
     from segexp.model import losses, networks, optim
 
     slots: dict[str, list[Any]] = {
-        "net": [networks.build_model, networks.FCN],
+        "net": [networks.build_model],
         "loss": [
             losses.CrossEntropyLoss,
             losses.DiceLoss,
