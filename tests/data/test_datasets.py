@@ -17,7 +17,7 @@ from segexp.data.datasets import (
     FolderDataset,
     VOCDataset,
 )
-from segexp.data.datasets.base import DataError, read_image, read_mask
+from segexp.data.datasets.base import read_image, read_mask
 from tests import fixtures_data as fixtures
 
 

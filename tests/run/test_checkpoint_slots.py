@@ -27,7 +27,9 @@ from segexp.run.trust import allowed_callables, checkpoint_data
 
 HUGE = 10**9
 PATHLIKE = re.compile(r"root|path|dir|file|cache|save|log|out|url")
-COUNTLIKE = re.compile(r"num|count|classes|size|depth|channels|steps|workers|max|limit|height|width")
+COUNTLIKE = re.compile(
+    r"num|count|classes|size|depth|channels|steps|workers|max|limit|height|width"
+)
 
 GOOD_HPARAMS = {
     "net": {"_target_": "segexp.model.networks.build_model", "arch": "unet", "classes": 3},
@@ -41,7 +43,11 @@ GOOD_DATA = {
     "_target_": "segexp.data.datamodule.SegDataModule",
     "root": "/data/x",
     "num_classes": 3,
-    "dataset": {"_target_": "segexp.data.datasets.FolderDataset", "_partial_": True, "root": "/data/x"},
+    "dataset": {
+        "_target_": "segexp.data.datasets.FolderDataset",
+        "_partial_": True,
+        "root": "/data/x",
+    },
     "train_transforms": [{"_target_": "albumentations.HorizontalFlip"}],
     "val_transforms": [{"_target_": "albumentations.HorizontalFlip"}],
 }
@@ -103,9 +109,11 @@ def place(section: str, path: tuple, node: dict) -> dict:
         "run_config": {"data": copy.deepcopy(GOOD_DATA)},
         "state_dict": {},
     }
-    parent = checkpoint["hyper_parameters"] if section == "hyper_parameters" else checkpoint[
-        "run_config"
-    ]
+    parent = (
+        checkpoint["hyper_parameters"]
+        if section == "hyper_parameters"
+        else checkpoint["run_config"]
+    )
     if section == "data" and not path:
         parent["data"] = {**parent["data"], **node}
         return checkpoint
@@ -177,7 +185,9 @@ def test_every_allowlisted_target_in_every_slot_is_refused_or_harmless(tmp_path)
                 refused += 1
                 continue
             queue = context.Queue()
-            process = context.Process(target=child, args=(section, path[0] if path else "", checkpoint, home, queue))
+            process = context.Process(
+                target=child, args=(section, path[0] if path else "", checkpoint, home, queue)
+            )
             process.start()
             process.join(timeout=5)
             if process.is_alive():
