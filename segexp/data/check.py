@@ -152,7 +152,7 @@ def run_check(cfg) -> tuple[Report, list[str]]:
     unknown_classes = None
     try:
         resolve_num_classes(data)
-    except ClassesError as error:
+    except (ClassesError, DataError) as error:  # e.g. a name repeated in classes.txt
         if data.get("num_classes") is None:
             unknown_classes = str(error)  # scan anyway: the label values tell the number
         else:
