@@ -78,6 +78,8 @@ def prepare(cfg: DictConfig) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; write metrics.json; return the final metrics."""
+    import sys
+
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -127,6 +129,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and not Path(best).is_file():  # deleted before a resume= (said at fit start)
+            if trainer.is_global_zero:
+                print(
+                    f"segexp: the best checkpoint {best} is gone: testing the final weights "
+                    "(last.ckpt) instead",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            best = ""
         # verbose=False: the metrics are printed once, by print_summary below
         trainer.test(
             model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
