@@ -123,9 +123,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # the last epoch (a SLURM requeue or a kill there). Validate the final weights, which
         # is what the last epoch's validation measured, so metrics.json still has val/ figures.
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
-    }
+    # A resume that trained no more steps logged no train/ figures: the checkpoint's stand in.
+    metrics = {k: v for k, v in getattr(model, "resumed_metrics", {}).items() if cfg.ckpt_path}
+    metrics.update(
+        {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    )
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
