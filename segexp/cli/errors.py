@@ -100,13 +100,18 @@ def _disk_message(error: OSError) -> str:
             "hydra.run.dir=PATH."
         )
     last = folder / "checkpoints" / "last.ckpt"
-    kept = (
-        f"{last} is intact (checkpoints are written whole or not at all); free space, then "
-        f"continue with: segexp train resume={folder}"
-        if last.is_file()
-        else "No checkpoint was complete yet, and none was left half-written; free space and "
-        "start again"
-    )
+    if last.is_file():
+        kept = (
+            f"{last} is intact (checkpoints are written whole or not at all); free space, "
+            f"then continue with: segexp train resume={folder}"
+        )
+    elif last.parent.is_dir():
+        kept = (
+            "No checkpoint was complete yet, and none was left half-written; free space and "
+            "start again"
+        )
+    else:
+        kept = "Free space and run the command again"
     return f"no space left on the device of {folder}{writing} ({error.strerror}). {kept}."
 
 
