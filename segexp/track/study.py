@@ -60,7 +60,6 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
 
 def open_storage(url: str):
     """An optuna storage for ``url``: ``RDBStorage`` for a URL, ``JournalStorage`` on a file otherwise."""
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if "://" in url:
