@@ -206,3 +206,30 @@ def test_every_allowlisted_target_in_every_slot_is_refused_or_harmless(tmp_path)
     assert not wrote, wrote
     assert not slow, slow
     assert refused + len(built) == tried and len(built) > 0
+
+
+def test_recorded_generated_dataset_is_read_never_drawn(tmp_path, compose_cfg):
+    """A shapes run's data config comes back as plain data: SegDataModule fixed by the code,
+    the recipe a record; with the dataset absent the error prints the command that draws it,
+    and nothing is written."""
+    from omegaconf import OmegaConf
+
+    from segexp.errors import UserError
+    from segexp.infer.checkpoint_data import recorded_data
+
+    recorded = OmegaConf.to_container(compose_cfg().data, resolve=True)
+    recorded["generate"]["num_train"] = HUGE
+    recorded["dataset"]["cache_dir"] = str(tmp_path / "elsewhere")
+    config, problems = checkpoint_data(recorded)
+    assert problems == [] and config["_target_"] == "segexp.data.datamodule.SegDataModule"
+    assert "generate" not in config and config["generated"]["num_train"] == HUGE
+    assert "cache_dir" not in config["dataset"]
+    data_dir = tmp_path / "data"
+    cfg = OmegaConf.create({"ckpt_path": "x.ckpt", "paths": {"data_dir": str(data_dir)}})
+    with pytest.raises(UserError, match=r"never run.*data=shapes .*data\.generate\.seed=0"):
+        recorded_data(cfg, recorded)
+    assert not data_dir.exists() and not (tmp_path / "elsewhere").exists()
+    root = data_dir / Path(recorded["root"]).name
+    (root / "images").mkdir(parents=True)  # drawn before, by the command's own config
+    data = recorded_data(cfg, recorded)
+    assert data.root == str(root) and data.dataset.root == str(root)
