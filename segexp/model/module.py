@@ -143,9 +143,18 @@ class SegModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        trainer = self._trainer
+        if trainer is not None:  # train/ and LR figures: a resume that trains no more keeps them
+            checkpoint["train_metrics"] = {
+                key: float(value)
+                for key, value in trainer.callback_metrics.items()
+                if not key.startswith(("val/", "test/")) and value.numel() == 1
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("run_config")
+        saved = checkpoint.get("train_metrics")
+        self.resumed_metrics: dict[str, float] = dict(saved) if isinstance(saved, dict) else {}
 
 
 def build_module(cfg: Any, datamodule: Any | None = None) -> SegModule:
