@@ -2,6 +2,7 @@
 
     python scripts/docs_pictures.py                 # everything (the default run: ~5 min)
     python scripts/docs_pictures.py --only layers   # one group: run, sweep, layers
+    python scripts/docs_pictures.py --only run --from-run outputs/<date>/<time>   # a make train run
 
 - ``run``: trains the default experiment (what ``make train`` trains) into a scratch folder
   and copies its pictures (the last validation examples, the curves, the test confusion
@@ -37,9 +38,11 @@ def newest_run(outputs: Path) -> Path:
     return runs[-1]
 
 
-def run_pictures(work: Path) -> list[Path]:
-    segexp("train", "logger=csv", cwd=work)
-    run = newest_run(work / "outputs")
+def run_pictures(work: Path, from_run: Path | None = None) -> list[Path]:
+    """The pictures of a default run: trained here, or ``from_run`` (a `make train` folder)."""
+    if from_run is None:
+        segexp("train", "logger=csv", cwd=work)
+    run = from_run or newest_run(work / "outputs")
     out = IMG / "run"
     out.mkdir(parents=True, exist_ok=True)
     examples = sorted((run / "val" / "examples").glob("epoch_*.png"))
@@ -50,7 +53,6 @@ def run_pictures(work: Path) -> list[Path]:
     }
     for name, source in picks.items():
         shutil.copyfile(source, out / name)
-    shutil.copyfile(run / "metrics.json", out / "metrics.json")
     return [out / name for name in picks]
 
 
@@ -136,7 +138,14 @@ def layers_picture() -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="run,sweep,layers", help="comma-separated groups")
-    groups = parser.parse_args().only.split(",")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="take the run pictures from this run folder of `make train` instead of training one",
+    )
+    args = parser.parse_args()
+    groups = args.only.split(",")
     IMG.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="segexp-docs-") as scratch:
@@ -144,7 +153,7 @@ def main() -> int:
         if "layers" in groups:
             written += layers_picture()
         if "run" in groups:
-            written += run_pictures(work)
+            written += run_pictures(work, args.from_run)
         if "sweep" in groups:
             written += sweep_pictures(work)
     for path in written:
