@@ -6,6 +6,7 @@
     python -m benchmarks --only transfer    # init_from= vs from scratch on a second dataset
     python -m benchmarks --only sweep       # the same Optuna search with and without pruning
     python -m benchmarks --only budget      # budget= honoured; recipe=auto vs default per budget
+    python -m benchmarks --only analysis    # segexp eval's analysis: time on/off, peak RSS
     python -m benchmarks --only quality --candidates   # compare candidate default recipes
     python -m benchmarks --only quality --candidates fpn-mobilenet_v2  # one of them
     python -m benchmarks --clock cpu        # budgets in CPU time (for a shared, loaded machine)
@@ -38,6 +39,7 @@ FIGURES = (
     "transfer",
     "sweep",
     "budget",
+    "analysis",
 )
 TITLES = {
     "overhead": "1. Framework overhead (training step)",
@@ -49,6 +51,7 @@ TITLES = {
     "transfer": "7. Transfer: init_from vs from scratch on a second dataset",
     "sweep": "8. Sweeps: Optuna with and without pruning",
     "budget": "9. Training to a time budget: honoured, and recipe=auto vs the default",
+    "analysis": "10. Evaluation analysis: time and peak memory",
 }
 
 

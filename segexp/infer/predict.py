@@ -58,6 +58,7 @@ def predict(cfg: DictConfig) -> dict:
 
     from segexp.data.datasets.base import DataError, read_image
     from segexp.data.viz import palette as default_palette
+    from segexp.infer.postprocess import build_postprocess
     from segexp.run.checkpoint import load_module, trusted_packages
 
     files = collect_inputs(str(cfg.input))
@@ -71,7 +72,7 @@ def predict(cfg: DictConfig) -> dict:
     num_classes = int(model.hparams.num_classes)
     mean = torch.tensor(model.hparams.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.hparams.std, device=device).view(1, 3, 1, 1)
-    postprocess = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
+    postprocess = build_postprocess(cfg)  # a CRF without tuned settings: refused
     inference = instantiate(cfg.inference, postprocess=postprocess)
 
     palette = np.array(cfg.palette, dtype=np.uint8) if cfg.palette else default_palette(num_classes)

@@ -93,14 +93,17 @@ class SegModule(pl.LightningModule):
             logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         # (B, C, H, W) -> (B, H, W); the loss is averaged with the matrix, not logged per step.
-        self.confmats[stage].update(argmax_classes(logits), batch["mask"], loss)
-        return logits
+        predictions = argmax_classes(logits)
+        self.confmats[stage].update(predictions, batch["mask"], loss)
+        return predictions
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The predicted classes (B, H, W): callbacks' ``on_test_batch_end`` gets them as
+        ``outputs`` (the evaluation analysis, ``segexp.track.analysis``)."""
+        return self._eval_step(batch, "test")
 
     def _log_scores(self, stage: str) -> None:
         confmat = self.confmats[stage]

@@ -189,4 +189,5 @@ class SegDataset(Dataset):
         if not isinstance(image, torch.Tensor):  # no ToTensor in the pipeline
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.long)
-        return {"image": image, "mask": mask, "name": self.name(index)}
+        image_path = str(self.samples[index][0])
+        return {"image": image, "mask": mask, "name": self.name(index), "path": image_path}
