@@ -78,6 +78,24 @@ def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+def assert_means_of_classes(metrics: dict, split: str) -> None:
+    """``<split>/mIoU``, ``mean_acc`` and ``mean_dice`` are the means of the per-class values
+    logged beside them (``<split>/iou/<class>``, ...), classes without a value (NaN, or null
+    in metrics.json) left out."""
+    import math
+
+    for mean, per_class in (("mIoU", "iou"), ("mean_acc", "acc"), ("mean_dice", "dice")):
+        values = [
+            value
+            for key, value in metrics.items()
+            if key.startswith(f"{split}/{per_class}/")
+            and value is not None
+            and not math.isnan(value)
+        ]
+        assert values, f"no {split}/{per_class}/<class> values in {sorted(metrics)}"
+        assert metrics[f"{split}/{mean}"] == pytest.approx(sum(values) / len(values), abs=1e-6)
+
+
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a top-level script the way a user does (a fresh Python process)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

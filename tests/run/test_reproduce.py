@@ -231,9 +231,7 @@ def test_plain_run_is_left_alone_and_plain_resume_override_composes(compose_cfg,
     torch.save({"state_dict": {}, "global_step": 3}, last)
     resumed = prepare_config(compose_cfg([f"resume={run}"]))
     changed = {
-        key
-        for key, value in OmegaConf.to_container(resumed).items()
-        if before.get(key) != value
+        key for key, value in OmegaConf.to_container(resumed).items() if before.get(key) != value
     }
     assert changed == {"resume", "ckpt_path"} and resumed.ckpt_path == str(last)
 
