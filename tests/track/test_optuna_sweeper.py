@@ -12,14 +12,23 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
 from tests.conftest import REPO, TINY
+
+# The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
+optuna = pytest.importorskip(
+    "optuna", reason="the sweep extra is not installed (pip install -e .[sweep])"
+)
+from optuna.distributions import (  # noqa: E402
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -243,3 +252,67 @@ def test_two_workers_share_one_study_and_a_killed_one_resumes(
         folder = dirs["a" if str(trial.number) in done["a"] else "b"] / str(trial.number)
         value = json.loads((folder / "metrics.json").read_text())["val/mIoU"]
         assert math.isclose(value, trial.value, rel_tol=1e-6)
+
+
+PRUNE_EPOCHS = 3
+
+
+def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-trial sweep on tiny data, no SLURM, the median pruner on after one trial. The
+    trials' learning rates are queued in the study first: trial 0 learns (lr 0.01), trial 1
+    cannot (lr 1e-7: the untrained network), so the pruner has a trial to stop."""
+    from segexp.track.study import open_storage
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(
+        study_name="segexp",
+        storage=open_storage(str(sweep / "optuna.journal")),
+        direction="maximize",
+    )
+    for lr in (0.01, 1e-7):
+        study.enqueue_trial({"optimizer.lr": lr})
+    result = subprocess.run(
+        [
+            sys.executable, "train.py", "hparams_search=optuna", *TINY,
+            f"trainer.max_epochs={PRUNE_EPOCHS}", "test=false", "callbacks.image_logger=null",
+            "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.model", "loss=ce",
+            "optimizer.weight_decay=0.0", "optimizer.lr=tag(log, interval(1e-7, 1e-1))",
+            "hparams_search.pruner=median", "hparams_search.n_startup_trials=1",
+            "hparams_search.warmup_epochs=1", f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    return sweep, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_median_pruner_stops_a_hopeless_trial_of_a_real_run(tmp_path: Path, data_dir: Path) -> None:
+    """Real Lightning runs report each epoch's val/mIoU; the median pruner stops trial 1 at the
+    first epoch where its best is below trial 0's value at that epoch: the run stops there,
+    and the study, the run folder and the sweep's results record a pruned trial."""
+    sweep, result = pruned_sweep(tmp_path, data_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    study = optuna.load_study(
+        study_name="segexp", storage=studies.open_storage(str(sweep / "optuna.journal"))
+    )
+    first, second = study.get_trials()
+    assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
+    assert sorted(first.intermediate_values) == list(range(1, PRUNE_EPOCHS + 1))
+    # By hand: the median of one completed trial is its value; prune at the first epoch
+    # (warm-up: 1) where the running trial's best so far is below it.
+    reported = second.intermediate_values
+    stop = next(
+        epoch
+        for epoch in range(1, PRUNE_EPOCHS + 1)
+        if max(reported[e] for e in range(1, epoch + 1)) < first.intermediate_values[epoch]
+    )
+    assert sorted(reported) == list(range(1, stop + 1)) and stop < PRUNE_EPOCHS
+    pruned = sweep / str(second.number)
+    assert f"pruned after epoch {stop}" in (pruned / "pruned.txt").read_text()
+    assert not (pruned / "metrics.json").exists() and (sweep / "0" / "metrics.json").is_file()
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 1, "pruned": 1} and results["best_trial"] == 0
