@@ -259,8 +259,9 @@ PRUNE_EPOCHS = 3
 
 def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """A 2-trial sweep on tiny data, no SLURM, the median pruner on after one trial. The
-    trials' learning rates are queued in the study first: trial 0 learns (lr 0.01), trial 1
-    cannot (lr 1e-7: the untrained network), so the pruner has a trial to stop."""
+    trials' learning rates are queued in the study first: trial 0 barely moves (lr 1e-7) and
+    keeps the untrained network's score; trial 1 (lr 0.01) scores below it after its first
+    epoch (measured: 0.007 against 0.044 val/mIoU), so the pruner has a trial to stop."""
     from segexp.track.study import open_storage
 
     sweep = tmp_path / "sweep"
@@ -270,7 +271,7 @@ def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.Compl
         storage=open_storage(str(sweep / "optuna.journal")),
         direction="maximize",
     )
-    for lr in (0.01, 1e-7):
+    for lr in (1e-7, 0.01):
         study.enqueue_trial({"optimizer.lr": lr})
     result = subprocess.run(
         [
@@ -292,8 +293,9 @@ def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.Compl
 @pytest.mark.timeout(900)
 def test_median_pruner_stops_a_hopeless_trial_of_a_real_run(tmp_path: Path, data_dir: Path) -> None:
     """Real Lightning runs report each epoch's val/mIoU; the median pruner stops trial 1 at the
-    first epoch where its best is below trial 0's value at that epoch: the run stops there,
-    and the study, the run folder and the sweep's results record a pruned trial."""
+    first epoch where its best is below trial 0's value at that epoch: the run stops there
+    (no later epoch is reported), and the study, the run folder and the sweep's results
+    record a pruned trial."""
     sweep, result = pruned_sweep(tmp_path, data_dir)
     assert result.returncode == 0, result.stderr[-4000:]
     study = optuna.load_study(
@@ -310,7 +312,7 @@ def test_median_pruner_stops_a_hopeless_trial_of_a_real_run(tmp_path: Path, data
         for epoch in range(1, PRUNE_EPOCHS + 1)
         if max(reported[e] for e in range(1, epoch + 1)) < first.intermediate_values[epoch]
     )
-    assert sorted(reported) == list(range(1, stop + 1)) and stop < PRUNE_EPOCHS
+    assert sorted(reported) == list(range(1, stop + 1)) and stop < PRUNE_EPOCHS, reported
     pruned = sweep / str(second.number)
     assert f"pruned after epoch {stop}" in (pruned / "pruned.txt").read_text()
     assert not (pruned / "metrics.json").exists() and (sweep / "0" / "metrics.json").is_file()
