@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -257,14 +261,17 @@ def test_two_workers_share_one_study_and_a_killed_one_resumes(
 PRUNE_EPOCHS = 3
 
 
-def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+@pytest.fixture(scope="module")
+def pruned_sweep(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path
+) -> tuple[Path, subprocess.CompletedProcess]:
     """A 2-trial sweep on tiny data, no SLURM, the median pruner on after one trial. The
     trials' learning rates are queued in the study first: trial 0 barely moves (lr 1e-7) and
     keeps the untrained network's score; trial 1 (lr 0.01) scores below it after its first
     epoch (measured: 0.007 against 0.044 val/mIoU), so the pruner has a trial to stop."""
     from segexp.track.study import open_storage
 
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path_factory.mktemp("pruned") / "sweep"
     sweep.mkdir()
     study = optuna.create_study(
         study_name="segexp",
@@ -291,12 +298,12 @@ def pruned_sweep(tmp_path: Path, data_dir: Path) -> tuple[Path, subprocess.Compl
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_median_pruner_stops_a_hopeless_trial_of_a_real_run(tmp_path: Path, data_dir: Path) -> None:
+def test_median_pruner_stops_a_trial_of_a_real_run(pruned_sweep) -> None:
     """Real Lightning runs report each epoch's val/mIoU; the median pruner stops trial 1 at the
     first epoch where its best is below trial 0's value at that epoch: the run stops there
     (no later epoch is reported), and the study, the run folder and the sweep's results
     record a pruned trial."""
-    sweep, result = pruned_sweep(tmp_path, data_dir)
+    sweep, result = pruned_sweep
     assert result.returncode == 0, result.stderr[-4000:]
     study = optuna.load_study(
         study_name="segexp", storage=studies.open_storage(str(sweep / "optuna.journal"))
@@ -318,3 +325,60 @@ def test_median_pruner_stops_a_hopeless_trial_of_a_real_run(tmp_path: Path, data
     assert not (pruned / "metrics.json").exists() and (sweep / "0" / "metrics.json").is_file()
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["trials"] == {"complete": 1, "pruned": 1} and results["best_trial"] == 0
+
+
+def epoch_values(csv_file: Path, key: str = "val/mIoU") -> dict[int, float]:
+    """{epochs trained: value} of ``key`` in a run's csv/metrics.csv."""
+    with csv_file.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(key)]
+    return {int(row["epoch"]) + 1: float(row[key]) for row in rows}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> dict:
+    """GET ``url`` as JSON, retrying while ``server`` starts (its output goes to ``log``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.loads(response.read().decode())
+        except OSError:
+            assert server.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no answer from {url} in {timeout} s"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dashboard_command_the_sweep_prints_shows_its_trials(pruned_sweep, tmp_path: Path) -> None:
+    """The sweep prints `optuna-dashboard <storage>`; that command, run as printed, serves
+    segexp's study: each trial in the state the sweep recorded, with the val/mIoU its run
+    logged after each epoch (its csv/metrics.csv) as intermediate values."""
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    if not dashboard.exists():
+        pytest.skip("no optuna-dashboard next to Python (pip install -e .[sweep])")
+    sweep, result = pruned_sweep
+    match = re.search(r"Follow it with: optuna-dashboard (\S+)", result.stdout + result.stderr)
+    assert match, (result.stdout + result.stderr)[-3000:]
+    port, log = free_port(), tmp_path / "dashboard.log"
+    command = [str(dashboard), match.group(1), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        summaries = get_json(base, server, log)["study_summaries"]
+        (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == "segexp"]
+        trials = get_json(f"{base}/{study_id}?after=0", server, log)["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "Complete"), (1, "Pruned")]
+    for trial in trials:
+        logged = epoch_values(sweep / str(trial["number"]) / "csv" / "metrics.csv")
+        shown = {v["step"]: v["value"] for v in trial["intermediate_values"]}
+        assert shown == pytest.approx(logged, rel=1e-6), trial["number"]
