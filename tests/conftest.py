@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import settings
 from omegaconf import DictConfig, open_dict
 
 from segexp.configs import CONF_DIR
@@ -19,6 +20,19 @@ CONF = CONF_DIR  # segexp/conf: the configs the package ships
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def in_ci() -> bool:
+    """CI sets CI=true; there every test must run (a missing service or tool is a failure)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+# Property tests (hypothesis): no deadline (a loaded 2-core machine is slow now and then);
+# under CI=true the same examples every run and no example database, so a failure is
+# reproducible from the log; locally new examples each run, failures replayed first.
+settings.register_profile("segexp", deadline=None)
+settings.register_profile("segexp-ci", deadline=None, derandomize=True, database=None)
+settings.load_profile("segexp-ci" if in_ci() else "segexp")
 
 # A tiny, fast variant of the default experiment; every test that trains starts from it.
 TINY = [
@@ -33,11 +47,6 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "logger=csv",
 ]
-
-
-def in_ci() -> bool:
-    """CI sets CI=true; there every test must run (a missing service or tool is a failure)."""
-    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @pytest.hookimpl(hookwrapper=True)
