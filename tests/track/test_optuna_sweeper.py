@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
 from tests.conftest import REPO, TINY
+
+# The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
+optuna = pytest.importorskip(
+    "optuna", reason="the sweep extra is not installed (pip install -e .[sweep])"
+)
+from optuna.distributions import (  # noqa: E402
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -259,3 +272,129 @@ def test_two_workers_share_one_study_and_a_killed_one_resumes(
     killed, dirs = share_and_kill(journal, tmp_path, data_dir, workers=2, n_trials=N_TRIALS)
     study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
     check_shared_study(study, killed, dirs, N_TRIALS)
+
+
+PRUNE_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def pruned_sweep(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-trial sweep on tiny data, no SLURM, the median pruner on after one trial. The
+    trials' learning rates are queued in the study first: trial 0 barely moves (lr 1e-7) and
+    keeps the untrained network's score; trial 1 (lr 0.01) scores below it after its first
+    epoch (measured: 0.007 against 0.044 val/mIoU), so the pruner has a trial to stop."""
+    from segexp.track.study import open_storage
+
+    sweep = tmp_path_factory.mktemp("pruned") / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(
+        study_name="segexp",
+        storage=open_storage(str(sweep / "optuna.journal")),
+        direction="maximize",
+    )
+    for lr in (1e-7, 0.01):
+        study.enqueue_trial({"optimizer.lr": lr})
+    result = subprocess.run(
+        [
+            sys.executable, "train.py", "hparams_search=optuna", *TINY,
+            f"trainer.max_epochs={PRUNE_EPOCHS}", "test=false", "callbacks.image_logger=null",
+            "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.model", "loss=ce",
+            "optimizer.weight_decay=0.0", "optimizer.lr=tag(log, interval(1e-7, 1e-1))",
+            "hparams_search.pruner=median", "hparams_search.n_startup_trials=1",
+            "hparams_search.warmup_epochs=1", f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    return sweep, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_median_pruner_stops_a_trial_of_a_real_run(pruned_sweep) -> None:
+    """Real Lightning runs report each epoch's val/mIoU; the median pruner stops trial 1 at the
+    first epoch where its best is below trial 0's value at that epoch: the run stops there
+    (no later epoch is reported), and the study, the run folder and the sweep's results
+    record a pruned trial."""
+    sweep, result = pruned_sweep
+    assert result.returncode == 0, result.stderr[-4000:]
+    study = optuna.load_study(
+        study_name="segexp", storage=studies.open_storage(str(sweep / "optuna.journal"))
+    )
+    first, second = study.get_trials()
+    assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
+    assert sorted(first.intermediate_values) == list(range(1, PRUNE_EPOCHS + 1))
+    # By hand: the median of one completed trial is its value; prune at the first epoch
+    # (warm-up: 1) where the running trial's best so far is below it.
+    reported = second.intermediate_values
+    stop = next(
+        epoch
+        for epoch in range(1, PRUNE_EPOCHS + 1)
+        if max(reported[e] for e in range(1, epoch + 1)) < first.intermediate_values[epoch]
+    )
+    assert sorted(reported) == list(range(1, stop + 1)) and stop < PRUNE_EPOCHS, reported
+    pruned = sweep / str(second.number)
+    assert f"pruned after epoch {stop}" in (pruned / "pruned.txt").read_text()
+    assert not (pruned / "metrics.json").exists() and (sweep / "0" / "metrics.json").is_file()
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 1, "pruned": 1} and results["best_trial"] == 0
+
+
+def epoch_values(csv_file: Path, key: str = "val/mIoU") -> dict[int, float]:
+    """{epochs trained: value} of ``key`` in a run's csv/metrics.csv."""
+    with csv_file.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(key)]
+    return {int(row["epoch"]) + 1: float(row[key]) for row in rows}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> dict:
+    """GET ``url`` as JSON, retrying while ``server`` starts (its output goes to ``log``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.loads(response.read().decode())
+        except OSError:
+            assert server.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no answer from {url} in {timeout} s"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dashboard_command_the_sweep_prints_shows_its_trials(pruned_sweep, tmp_path: Path) -> None:
+    """The sweep prints `optuna-dashboard <storage>`; that command, run as printed, serves
+    segexp's study: each trial in the state the sweep recorded, with the val/mIoU its run
+    logged after each epoch (its csv/metrics.csv) as intermediate values."""
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    if not dashboard.exists():
+        pytest.skip("no optuna-dashboard next to Python (pip install -e .[sweep])")
+    sweep, result = pruned_sweep
+    match = re.search(r"Follow it with: optuna-dashboard (\S+)", result.stdout + result.stderr)
+    assert match, (result.stdout + result.stderr)[-3000:]
+    port, log = free_port(), tmp_path / "dashboard.log"
+    command = [str(dashboard), match.group(1), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        summaries = get_json(base, server, log)["study_summaries"]
+        (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == "segexp"]
+        trials = get_json(f"{base}/{study_id}?after=0", server, log)["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "Complete"), (1, "Pruned")]
+    for trial in trials:
+        logged = epoch_values(sweep / str(trial["number"]) / "csv" / "metrics.csv")
+        shown = {v["step"]: v["value"] for v in trial["intermediate_values"]}
+        assert shown == pytest.approx(logged, rel=1e-6), trial["number"]

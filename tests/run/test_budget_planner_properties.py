@@ -1,0 +1,102 @@
+"""Property tests of the step planner (segexp.run.budget_planner): whatever it has observed,
+a plan never ends past the budget, and one more step would."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segexp.run.budget_planner import (
+    EVAL_COST,
+    TAIL_MARGIN_FRACTION,
+    TAIL_MARGIN_S,
+    BudgetPlanner,
+)
+from tests.run.test_budget_planner import simulate
+
+SECONDS = st.floats(0.0, 50.0, allow_nan=False)
+
+
+@st.composite
+def observed_planners(draw):
+    """A planner and the observations TimeBudget fed it: steps that rise, clocks that run on."""
+    planner = BudgetPlanner(
+        budget_s=draw(st.floats(1.0, 5000.0)),
+        val_every=draw(st.integers(0, 40)),
+        val_batches=draw(st.integers(0, 20)),
+        test_batches=draw(st.integers(0, 20)),
+        final_validation=draw(st.booleans()),
+        warmup_steps=draw(st.integers(0, 5)),
+    )
+    step, elapsed, train = 0, draw(SECONDS), 0.0
+    for _ in range(draw(st.integers(0, 12))):
+        step += draw(st.integers(0, 30))
+        took = draw(st.one_of(st.just(0.0), st.floats(1e-3, 20.0)))  # no sub-ns steps
+        train += took
+        elapsed += took + draw(SECONDS)  # validation and other time besides training
+        val_s = draw(st.one_of(st.none(), st.floats(0.0, 30.0)))
+        planner.observe(step, elapsed, train, val_s)
+    return planner
+
+
+def validations(step: int, end: int, val_every: int, final: bool) -> int:
+    """Validation runs of steps step..end: every val_every-th step (a re-plan comes before
+    its own step's validation), and one at the end if it is not one of those."""
+    due = range(-(-step // val_every) * val_every, end + 1, val_every) if val_every else range(0)
+    last_is_due = len(due) > 0 and due[-1] == end
+    return len(due) + (1 if final and not last_is_due else 0)
+
+
+def predicted_end(planner: BudgetPlanner, plan, more: int) -> float:
+    runs = validations(plan.step, plan.step + more, planner.val_every, planner.final_validation)
+    return plan.elapsed_s + more * plan.step_s + runs * plan.val_s + plan.tail_s
+
+
+@settings(max_examples=300)
+@given(observed_planners())
+def test_a_plan_fits_the_budget_and_one_more_step_would_not(planner):
+    plan = planner.plan()
+    if plan is None:
+        return
+    more = plan.total_steps - plan.step
+    assert more >= 0 and plan.step == planner.step and plan.elapsed_s == planner.elapsed_s
+    # The figures it planned with: validation measured (or estimated per batch), and the tail.
+    val_s = (
+        planner.val_s
+        if planner.val_s is not None
+        else EVAL_COST * plan.step_s * planner.val_batches
+    )
+    assert math.isclose(plan.val_s, val_s, rel_tol=1e-9, abs_tol=1e-12)
+    test_s = (
+        val_s * planner.test_batches / max(1, planner.val_batches) if planner.test_batches else 0.0
+    )
+    tail = test_s + TAIL_MARGIN_S + TAIL_MARGIN_FRACTION * planner.budget_s
+    assert math.isclose(plan.tail_s, tail, rel_tol=1e-9, abs_tol=1e-9)
+    slack = 1e-9 * max(1.0, planner.budget_s)
+    assert math.isclose(
+        plan.predicted_end_s, predicted_end(planner, plan, more), rel_tol=1e-9, abs_tol=1e-9
+    )
+    if more > 0:  # never past the budget
+        assert plan.predicted_end_s <= planner.budget_s + slack
+    # ... and as many steps as fit: one more would end past it (with a step that takes time).
+    if plan.step_s > 0:
+        assert predicted_end(planner, plan, more + 1) > planner.budget_s - slack
+
+
+@settings(max_examples=40)
+@given(
+    budget=st.floats(60.0, 600.0),
+    step_s=st.floats(0.05, 2.0),
+    val_s=st.floats(0.0, 3.0),
+    per_epoch=st.integers(3, 40),
+)
+def test_a_steady_run_ends_within_its_budget(budget, step_s, val_s, per_epoch):
+    """Driven the way TimeBudget drives it, on a machine whose steps and validations take
+    constant times, the run (test included) ends within the budget once it had room to plan."""
+    end, planner, totals = simulate(
+        budget, lambda step: step_s, val_s=val_s, test_s=0.5 * val_s, per_epoch=per_epoch
+    )
+    if totals and totals[0][1] > totals[0][0]:  # the first plan left room to train on
+        assert end <= budget * (1 + 1e-9), (end, totals[:3], totals[-3:])
