@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from segexp.run.budget_planner import (
     EVAL_COST,
+    MEASURE_STEPS,
     TAIL_MARGIN_FRACTION,
     TAIL_MARGIN_S,
+    WINDOW,
     BudgetPlanner,
 )
 from tests.run.test_budget_planner import simulate
@@ -20,25 +22,44 @@ SECONDS = st.floats(0.0, 50.0, allow_nan=False)
 
 
 @st.composite
-def observed_planners(draw):
-    """A planner and the observations TimeBudget fed it: steps that rise, clocks that run on."""
-    planner = BudgetPlanner(
-        budget_s=draw(st.floats(1.0, 5000.0)),
-        val_every=draw(st.integers(0, 40)),
-        val_batches=draw(st.integers(0, 20)),
-        test_batches=draw(st.integers(0, 20)),
-        final_validation=draw(st.booleans()),
-        warmup_steps=draw(st.integers(0, 5)),
-    )
-    step, elapsed, train = 0, draw(SECONDS), 0.0
+def observations(draw):
+    """(planner settings, what TimeBudget fed it): steps that rise, clocks that run on."""
+    setup = {
+        "budget_s": draw(st.floats(1.0, 5000.0)),
+        "val_every": draw(st.one_of(st.just(1), st.integers(0, 40))),
+        "val_batches": draw(st.integers(0, 20)),
+        "test_batches": draw(st.integers(0, 20)),
+        "final_validation": draw(st.booleans()),
+        "warmup_steps": draw(st.integers(0, 5)),
+    }
+    seen, step, elapsed, train = [], 0, draw(SECONDS), 0.0
     for _ in range(draw(st.integers(0, 12))):
         step += draw(st.integers(0, 30))
         took = draw(st.one_of(st.just(0.0), st.floats(1e-3, 20.0)))  # no sub-ns steps
         train += took
         elapsed += took + draw(SECONDS)  # validation and other time besides training
-        val_s = draw(st.one_of(st.none(), st.floats(0.0, 30.0)))
+        seen.append((step, elapsed, train, draw(st.one_of(st.none(), st.floats(0.0, 30.0)))))
+    return setup, seen
+
+
+def observed(setup: dict, seen: list) -> BudgetPlanner:
+    planner = BudgetPlanner(**setup)
+    for step, elapsed, train, val_s in seen:
         planner.observe(step, elapsed, train, val_s)
     return planner
+
+
+def measured_step_s(seen: list, warmup_steps: int) -> float | None:
+    """Seconds per step over the last WINDOW re-plans past the warm-up (a step observed again
+    counts once, with its latest figures); None before they span MEASURE_STEPS steps."""
+    latest = {}
+    for step, _, train, _ in seen:
+        if step >= warmup_steps:
+            latest[step] = train
+    window = list(latest.items())[-(WINDOW + 1) :]
+    if len(window) < 2 or window[-1][0] - window[0][0] < MEASURE_STEPS:
+        return None
+    return max(window[-1][1] - window[0][1], 0.0) / (window[-1][0] - window[0][0])
 
 
 def validations(step: int, end: int, val_every: int, final: bool) -> int:
@@ -54,35 +75,55 @@ def predicted_end(planner: BudgetPlanner, plan, more: int) -> float:
     return plan.elapsed_s + more * plan.step_s + runs * plan.val_s + plan.tail_s
 
 
+# Two cases random draws seldom reach: less than a second of room, and a validation every step.
+ROOM_UNDER_A_SECOND = (
+    {"budget_s": 100.0, "val_batches": 4},
+    [(3, 95.0, 0.3, None), (13, 95.5, 0.8, None)],
+)
+EVERY_STEP = ({"budget_s": 100.0, "val_every": 1}, [(3, 10.0, 3.0, 0.5), (13, 25.0, 13.0, 0.5)])
+
+
 @settings(max_examples=300)
-@given(observed_planners())
-def test_a_plan_fits_the_budget_and_one_more_step_would_not(planner):
+@given(observations())
+@example(ROOM_UNDER_A_SECOND)
+@example(EVERY_STEP)
+def test_a_plan_fits_the_budget_and_one_more_step_would_not(case):
+    setup, seen = case
+    planner = observed(setup, seen)
     plan = planner.plan()
+    step_s = measured_step_s(seen, planner.warmup_steps)
+    assert (plan is None) == (step_s is None)
     if plan is None:
         return
     more = plan.total_steps - plan.step
-    assert more >= 0 and plan.step == planner.step and plan.elapsed_s == planner.elapsed_s
-    # The figures it planned with: validation measured (or estimated per batch), and the tail.
-    val_s = (
-        planner.val_s
-        if planner.val_s is not None
-        else EVAL_COST * plan.step_s * planner.val_batches
-    )
+    assert more >= 0 and plan.step == seen[-1][0] and plan.elapsed_s == seen[-1][1]
+    assert math.isclose(plan.step_s, step_s, rel_tol=1e-9, abs_tol=1e-12)
+    # The validation measured last (or, before one, estimated per batch), and the tail.
+    measured = [val_s for *_, val_s in seen if val_s is not None]
+    val_s = measured[-1] if measured else EVAL_COST * step_s * planner.val_batches
     assert math.isclose(plan.val_s, val_s, rel_tol=1e-9, abs_tol=1e-12)
-    test_s = (
-        val_s * planner.test_batches / max(1, planner.val_batches) if planner.test_batches else 0.0
-    )
+    batches = max(1, planner.val_batches)
+    test_s = val_s * planner.test_batches / batches if planner.test_batches else 0.0
     tail = test_s + TAIL_MARGIN_S + TAIL_MARGIN_FRACTION * planner.budget_s
     assert math.isclose(plan.tail_s, tail, rel_tol=1e-9, abs_tol=1e-9)
+    end = predicted_end(planner, plan, more)
+    assert math.isclose(plan.predicted_end_s, end, rel_tol=1e-9, abs_tol=1e-9)
     slack = 1e-9 * max(1.0, planner.budget_s)
-    assert math.isclose(
-        plan.predicted_end_s, predicted_end(planner, plan, more), rel_tol=1e-9, abs_tol=1e-9
-    )
     if more > 0:  # never past the budget
         assert plan.predicted_end_s <= planner.budget_s + slack
     # ... and as many steps as fit: one more would end past it (with a step that takes time).
     if plan.step_s > 0:
         assert predicted_end(planner, plan, more + 1) > planner.budget_s - slack
+
+
+@settings(max_examples=100)
+@given(observations(), st.data())
+def test_observing_a_step_again_changes_nothing(case, data):
+    """TimeBudget may re-plan twice at one step (after a validation): the same figures again
+    leave the plan as it was."""
+    setup, seen = case
+    again = [o for o in seen for _ in range(data.draw(st.integers(1, 3)))]
+    assert observed(setup, again).plan() == observed(setup, seen).plan()
 
 
 @settings(max_examples=40)
