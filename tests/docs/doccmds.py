@@ -217,6 +217,7 @@ def parse_args(name: str, args: list[str]) -> str | None:
 def compose_args(config: str, args: list[str]) -> str | None:
     """Compose ``config`` with the command's overrides; Hydra's complaint, or None."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from segexp.cli.argv import translate_check_flags, translate_legacy_flags
     from segexp.configs import CONF_DIR
@@ -228,6 +229,7 @@ def compose_args(config: str, args: list[str]) -> str | None:
     overrides = [a for a in args if a not in ("-m", "--multirun", "--help", "-h")]
     if any(a.startswith("-") for a in overrides):
         return f"unknown flag in {overrides}"
+    GlobalHydra.instance().clear()  # a test before this one may have left Hydra initialised
     for variant in sweep_variants(overrides) if multirun else [overrides]:
         try:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -106,6 +106,7 @@ def test_project_commands_compose_in_a_new_project(tmp_path: Path, monkeypatch) 
 
     found = [c for c in all_commands() if project_block(c)]
     assert len(found) >= 3
+    monkeypatch.chdir(tmp_path)  # a project is found from the working folder too
     monkeypatch.delenv("SEGEXP_PROJECT", raising=False)
     assert failures(found), "these compose without a project: drop the marker"
     scaffold(tmp_path / "myproject", "mylab")
