@@ -63,6 +63,8 @@ def test_label_counts_over_many_masks(mask_list, num_classes, ignore_index):
     if 0 <= ignore_index < num_classes:  # an ignore value that is also a class id is ignored
         counts[ignore_index] = holding[ignore_index] = 0
     assert stats.counts.tolist() == counts and stats.image_pixels.tolist() == holding
+    for array in (stats.counts, stats.image_pixels):  # whole pixels (printed, written to JSON)
+        assert np.issubdtype(array.dtype, np.integer)
     assert stats.ignored == sum(int((m == ignore_index).sum()) for m in mask_list)
     assert stats.values == dict(sum((counted(m) for m in mask_list), Counter()))
     assert stats.masks == len(mask_list)
@@ -86,3 +88,15 @@ def test_check_arrays_reports_shape_problems(image_hw, mask_hw, channels):
         assert kinds == ["unreadable mask"]
     else:
         assert kinds == ([] if image_hw == mask_hw else ["size mismatch"])
+
+
+@settings(max_examples=50)
+@given(st.lists(masks(), max_size=4))
+def test_label_counts_without_classes_only_collects_values(mask_list):
+    """With no class count (a dataset without classes.txt), nothing is per class: every value
+    is collected for the check to report."""
+    stats = LabelCounts(None)
+    for mask in mask_list:
+        stats.add(mask)
+    assert stats.counts.tolist() == [] and stats.image_pixels.tolist() == []
+    assert stats.values == dict(sum((counted(m) for m in mask_list), Counter()))
