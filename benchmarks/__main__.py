@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: every figure of BENCHMARKS.md, each with its target and verdict.
+"""``python -m benchmarks``: every figure of docs/benchmarks.md, each with its target and verdict.
 
     python -m benchmarks                    # all figures (about 13 min on a quiet 2-core machine)
     python -m benchmarks --quick            # tiny sizes: checks the suite runs (seconds per figure)
@@ -109,7 +109,7 @@ def machine() -> dict[str, str]:
 
 
 def markdown(report: dict[str, list[Figure]], info: dict[str, str], args) -> str:
-    """The figures as a BENCHMARKS.md table (machine and date in the heading)."""
+    """The figures as a docs/benchmarks.md table (machine and date in the heading)."""
     lines = [
         f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
         f"load average {info['load_avg_1min']} at start, quality clock `{args.clock}`"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import settings
 from omegaconf import DictConfig, open_dict
 
 from segexp.configs import CONF_DIR
@@ -19,6 +20,19 @@ CONF = CONF_DIR  # segexp/conf: the configs the package ships
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def in_ci() -> bool:
+    """CI sets CI=true; there every test must run (a missing service or tool is a failure)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+# Property tests (hypothesis): no deadline (a loaded 2-core machine is slow now and then);
+# under CI=true the same examples every run and no example database, so a failure is
+# reproducible from the log; locally new examples each run, failures replayed first.
+settings.register_profile("segexp", deadline=None)
+settings.register_profile("segexp-ci", deadline=None, derandomize=True, database=None)
+settings.load_profile("segexp-ci" if in_ci() else "segexp")
 
 # A tiny, fast variant of the default experiment; every test that trains starts from it.
 TINY = [
@@ -33,11 +47,6 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "logger=csv",
 ]
-
-
-def in_ci() -> bool:
-    """CI sets CI=true; there every test must run (a missing service or tool is a failure)."""
-    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -76,6 +85,24 @@ def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return _compose
+
+
+def assert_means_of_classes(metrics: dict, split: str) -> None:
+    """``<split>/mIoU``, ``mean_acc`` and ``mean_dice`` are the means of the per-class values
+    logged beside them (``<split>/iou/<class>``, ...), classes without a value (NaN, or null
+    in metrics.json) left out."""
+    import math
+
+    for mean, per_class in (("mIoU", "iou"), ("mean_acc", "acc"), ("mean_dice", "dice")):
+        values = [
+            value
+            for key, value in metrics.items()
+            if key.startswith(f"{split}/{per_class}/")
+            and value is not None
+            and not math.isnan(value)
+        ]
+        assert values, f"no {split}/{per_class}/<class> values in {sorted(metrics)}"
+        assert metrics[f"{split}/{mean}"] == pytest.approx(sum(values) / len(values), abs=1e-6)
 
 
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:

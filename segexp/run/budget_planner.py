@@ -117,8 +117,9 @@ class BudgetPlanner:
         if room <= 0:
             more = 0
         else:
-            per_step = step_s + (val_s / self.val_every if self.val_every else 0.0)
-            high = int(room / max(per_step, 1e-9)) + 2
+            # No more steps fit than the steps alone: an amortised validation cost per step
+            # would cut the search short when no validation falls in the remaining steps.
+            high = int(room / max(step_s, 1e-9)) + 2
             low = 0  # the largest ``more`` with cost(more) <= room, by bisection (cost rises with more)
             while low < high:
                 middle = (low + high + 1) // 2

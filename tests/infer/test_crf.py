@@ -144,8 +144,13 @@ def test_tuner_never_worse_than_no_crf(tmp_path, crf, noise):
 
 def test_cli_tune_crf_writes_params(tmp_path, compose_cfg):
     pytest.importorskip("pydensecrf.densecrf", reason="the crf extra is not installed")
+    import torch
+    from PIL import Image
+
+    from segexp.run.checkpoint import load_module
     from tests.conftest import run_script
-    from tests.tiny_checkpoint import write_checkpoint, write_folder_dataset
+    from tests.model.test_metrics import numpy_reference
+    from tests.tiny_checkpoint import normalise, write_checkpoint, write_folder_dataset
 
     root = write_folder_dataset(tmp_path / "folder", num_images=2, size=(32, 40))
     ckpt = write_checkpoint(tmp_path / "ckpt" / "tiny.ckpt", compose_cfg, num_classes=3)
@@ -155,8 +160,31 @@ def test_cli_tune_crf_writes_params(tmp_path, compose_cfg):
         "data.num_workers=0", "grid.bilateral_sxy=[0.1]", f"hydra.run.dir={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "no CRF" in result.stdout and "best:" in result.stdout
-    params = out / "crf_params.yaml"
-    assert params.is_file()
-    loaded = instantiate(OmegaConf.load(CONF / "postprocess" / "crf.yaml"), params=str(params))
-    assert isinstance(loaded.enabled, bool)
+    # Every setting's line ("mIoU 0.1234  <setting>"), no CRF first, then the chosen one.
+    printed = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("mIoU")]
+    assert printed[0][1:] == ["no", "CRF"] and len(printed) > 2
+    scores = [float(words[0]) for words in printed]
+    best = float(result.stdout.split("best: mIoU ")[1].split()[0])
+    assert best == max(scores) and best >= scores[0]
+    # Independently: the network's probabilities on each val image, scored in numpy without
+    # a CRF and with the settings written to crf_params.yaml.
+    loaded = instantiate(
+        OmegaConf.load(CONF / "postprocess" / "crf.yaml"), params=str(out / "crf_params.yaml")
+    )
+    module = load_module(ckpt).eval()
+    preds, refined, targets = [], [], []
+    for image_path in sorted((root / "images" / "val").glob("*.png")):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        with torch.no_grad():
+            logits = module(normalise(image, module.hparams.mean, module.hparams.std))[0]
+        probs = logits.softmax(0).numpy()
+        preds.append(probs.argmax(0).ravel())
+        refined.append((loaded(image, probs) if loaded.enabled else probs).argmax(0).ravel())
+        targets.append(np.asarray(Image.open(root / "masks" / "val" / image_path.name)).ravel())
+    target = np.concatenate(targets).astype(np.int64)
+    assert scores[0] == pytest.approx(
+        numpy_reference(np.concatenate(preds), target, 3)["mIoU"], abs=6e-5
+    )
+    assert best == pytest.approx(
+        numpy_reference(np.concatenate(refined), target, 3)["mIoU"], abs=6e-5
+    )

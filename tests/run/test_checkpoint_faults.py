@@ -148,6 +148,32 @@ def test_cli_resume_falls_back_to_best_and_drops_untracked_files(tmp_path, data_
     assert (run / "metrics.json").is_file() and temp_files(run) == []
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a run stopped at the end of its last epoch and resumed tests an older "
+    "best checkpoint (the epoch's best-*.ckpt was never written) and logs no train/ figures",
+)
+def test_resume_at_the_end_of_training_equals_the_original(tmp_path, data_dir):
+    """SIGTERM during the last batch of the last epoch: the run stops after that epoch
+    (validated), and its resume has no step left to train; metrics.json must still equal the
+    uninterrupted run's."""
+    base = [*SMALL, "trainer.max_epochs=2", f"paths.data_dir={data_dir}"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    result = run_script("train.py", *base, f"hydra.run.dir={reference}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("train.py", *base, f"hydra.run.dir={run}", *signal_at(15, 1, 1))
+    assert result.returncode == 143 and "at the end of an epoch" in result.stderr
+    saved = run / ".hydra" / "config.yaml"  # the resume must not signal itself again
+    config = OmegaConf.load(saved)
+    del config.callbacks["send_signal"]
+    OmegaConf.save(config, saved)
+    result = run_script("train.py", f"resume={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text()) == expected
+
+
 def other_filesystem_tmpdir(run_root: Path) -> Path:
     """A fresh $TMPDIR, on another filesystem than ``run_root`` when /dev/shm is one."""
     shm = Path("/dev/shm")
@@ -166,23 +192,43 @@ def start(args: list[str], tmpdir: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def kill_at_random_moment(process: subprocess.Popen, run: Path, rng: random.Random) -> bool:
-    """SIGKILL ``process`` once the run has a checkpoint: half the time in the middle of a
-    checkpoint save (its temporary file exists), else after a random delay. False if it
-    finished first."""
-    folder = run / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not list(folder.glob("*.ckpt")) and process.poll() is None:
-        if time.monotonic() > deadline:
+EPOCHS = 4  # SMALL's: the last checkpoint a run writes is epoch 3's
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch field of a checkpoint file, or None while it is missing or being replaced."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return None
+
+
+def kill_at_random_moment(
+    process: subprocess.Popen, run: Path, rng: random.Random, epoch_s: float
+) -> bool:
+    """SIGKILL ``process`` while it trains: half the time in the middle of a checkpoint save
+    (its temporary file exists), else a random time (up to half an epoch, ``epoch_s``) after
+    it finished saving a checkpoint of an epoch before the last. False if the run got past
+    its last epoch's checkpoint (or ended) first: then nothing is killed."""
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.stat().st_mtime_ns if last.exists() else None
+    mid_save = rng.random() < 0.5
+    delay = rng.uniform(0.0, 0.5 * epoch_s)
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        if mid_save and any(last.parent.glob(".*.partial")):
             break
-        time.sleep(0.02)
-    if rng.random() < 0.5:
-        while process.poll() is None and time.monotonic() < deadline:
-            if any(folder.glob(".*.partial")):
+        saved = last.stat().st_mtime_ns if last.exists() else None
+        if not mid_save and saved != before and not any(last.parent.glob(".*.partial")):
+            epoch = saved_epoch(last)
+            if epoch is not None and epoch >= EPOCHS - 1:
+                return False  # training is over: the rest is the test and metrics.json
+            if epoch is not None:
+                time.sleep(delay)
+                if (saved_epoch(last) or 0) >= EPOCHS - 1:
+                    return False  # it finished its last epoch meanwhile
                 break
-            time.sleep(0.002)
-    else:
-        time.sleep(rng.uniform(0.0, 6.0))
+        time.sleep(0.002)
     if process.poll() is not None:
         return False
     process.kill()
@@ -199,8 +245,10 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, da
         logs = tmp_path / "logs"
         logs.mkdir()
         process = start([*base, f"hydra.run.dir={reference}"], tmpdir, logs / "reference.log")
+        began = time.time()
         assert process.wait(timeout=600) == 0, (logs / "reference.log").read_text()[-3000:]
         expected = json.loads((reference / "metrics.json").read_text())
+        epoch_s = ((reference / "checkpoints" / "last.ckpt").stat().st_mtime - began) / EPOCHS
 
         run = tmp_path / "killed"
         rng = random.Random(int(os.environ.get("SEGEXP_KILL_SEED", "0")))
@@ -208,25 +256,24 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, da
         process = start([*base, f"hydra.run.dir={run}"], tmpdir, log)
         kills = 0
         for _ in range(KILLS):
-            if not kill_at_random_moment(process, run, rng):
+            if not kill_at_random_moment(process, run, rng, epoch_s):
                 break
             kills += 1
-            if (run / "metrics.json").is_file():
-                break  # killed after the run completed: nothing left to resume
             log = logs / f"resume{kills}.log"
             process = start([f"resume={run}"], tmpdir, log)
         process.wait(timeout=600)
         stderr = log.read_text()
-        finished_before_kill = process.returncode == -9 and (run / "metrics.json").is_file()
-        if not (run / "metrics.json").is_file() or process.returncode not in (0, -9):
+        if not (run / "metrics.json").is_file() or process.returncode != 0:
             pytest.fail(f"after {kills} kills the resumed run failed:\n{stderr[-3000:]}")
-        assert "resuming from" in stderr or kills == 0 or finished_before_kill
+        # The kills happened (the first run always has epochs left to kill it in): without
+        # them this would compare two uninterrupted runs. The run that finished was a resume.
+        assert kills >= 1 and log.name != "start.log" and "resuming from" in stderr, kills
         assert json.loads((run / "metrics.json").read_text()) == expected
         assert temp_files(run) == []
         # wandb (imported even with logger=csv) makes its own temp dirs, which a SIGKILL leaves.
         assert [p for p in tmpdir.iterdir() if "wandb-" not in p.name] == []
         names = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert len(names) == 2 and names[0].startswith("best-") and names[1] == "last.ckpt"
-        print(f"{kills} SIGKILLs, then resumed to the uninterrupted run's metrics")
+        print(f"{kills} SIGKILLs while training, then resumed to the uninterrupted run's metrics")
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from segexp.cli.argv import rewrite_argv
 from segexp.data.sampling import SeededAugmentation, SeededSampler
 from segexp.run.reproduce import ReproduceError, prepare_config
 from segexp.run.wandb_id import read_wandb_id as wandb_run_id
-from tests.conftest import CONF, TINY, run_script
+from tests.conftest import TINY, run_script
 
 
 @pytest.fixture
@@ -218,12 +218,22 @@ def test_resume_refusal_is_a_short_message_from_the_cli(run_dir):
     assert "Traceback" not in result.stderr
 
 
-def test_compose_cfg_still_has_reproduce_keys(compose_cfg):
+def test_plain_run_is_left_alone_and_plain_resume_override_composes(compose_cfg, tmp_path):
+    """train.yaml declares reproduce/resume (null), so ``resume=<run>`` needs no ``+``; on a
+    run with neither (and no W&B logger) prepare_config changes nothing in the config."""
     cfg = compose_cfg()
     assert cfg.reproduce is None and cfg.resume is None
-    with open_dict(cfg):
-        cfg.resume = "x"
-    assert (CONF / "train.yaml").is_file()
+    before = OmegaConf.to_container(cfg)
+    assert OmegaConf.to_container(prepare_config(cfg)) == before
+    run = tmp_path / "killed"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 3}, last)
+    resumed = prepare_config(compose_cfg([f"resume={run}"]))
+    changed = {
+        key for key, value in OmegaConf.to_container(resumed).items() if before.get(key) != value
+    }
+    assert changed == {"resume", "ckpt_path"} and resumed.ckpt_path == str(last)
 
 
 @pytest.mark.slow

@@ -69,9 +69,23 @@ def test_signal_saves_last_ckpt_and_exits_nonzero(compose_cfg, signum, batch, st
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()  # no "successful" result
 
 
-def test_signal_checkpoint_handles_the_three_signals():
+def test_signal_checkpoint_records_each_signal_and_restores_the_handlers():
+    """At train start the guard takes over SIGTERM, SIGINT and SIGUSR1: each one delivered is
+    recorded (the process goes on to the next safe point), a second Ctrl+C interrupts at once,
+    and the handlers found at the start come back afterwards."""
+    names = ("SIGTERM", "SIGUSR1", "SIGINT")
+    before = {name: signal.getsignal(getattr(signal, name)) for name in names}
     guard = SignalCheckpoint("unused")
-    assert set(guard.signals) == {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    guard.on_train_start(None, None)
+    try:
+        for name in names:
+            os.kill(os.getpid(), getattr(signal, name))
+            assert guard.received == getattr(signal, name), name
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C a second time
+    finally:
+        guard.on_exception(None, None, KeyboardInterrupt())
+    assert {name: signal.getsignal(getattr(signal, name)) for name in names} == before
 
 
 def fake_slurm_job(tmp_path: Path, monkeypatch, requeue_works: bool) -> Path:

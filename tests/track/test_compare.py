@@ -303,7 +303,11 @@ def test_multirun_page_in_a_real_browser(tmp_path: Path) -> None:
     assert shot.is_file(), taken.stderr[-2000:]
     with Image.open(shot) as picture:
         assert picture.size == (1200, 1400)
-        assert len(set(picture.convert("RGB").resize((60, 70)).getdata())) > 10  # not blank
+        colours = dict((rgb, n) for n, rgb in picture.convert("RGB").getcolors(1200 * 1400))
+    # The page's own style was applied to its tables: header cells are #f0f0f0 and the best
+    # per-class IoU cells #d6f5d6 (STYLE in segexp/track/html.py), each a filled area.
+    assert colours.get((240, 240, 240), 0) > 5000, sorted(colours.items(), key=lambda c: -c[1])[:8]
+    assert colours.get((214, 245, 214), 0) > 2000, sorted(colours.items(), key=lambda c: -c[1])[:8]
 
     orders = {}
     for column in ("optimizer.lr", "-optimizer.lr"):

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
 from tests.conftest import REPO, TINY
+
+# The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
+optuna = pytest.importorskip(
+    "optuna", reason="the sweep extra is not installed (pip install -e .[sweep])"
+)
+from optuna.distributions import (  # noqa: E402
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -157,17 +170,17 @@ def test_pruning_callback_reports_prunes_and_tells_the_study(tmp_path: Path) -> 
 N_TRIALS = 5
 
 
-def sweep_command(sweep_dir: Path, journal: Path, data_dir: Path) -> list[str]:
+def sweep_command(sweep_dir: Path, storage: Path | str, data_dir: Path, n_trials: int = N_TRIALS):
     return [
         sys.executable,
         "train.py",
         "hparams_search=optuna",
-        f"hydra.sweeper.n_trials={N_TRIALS}",
+        f"hydra.sweeper.n_trials={n_trials}",
         "~hydra.sweeper.params.model",  # keep the tiny default model
         "hparams_search.pruner=none",
         "hparams_search.heartbeat_interval=1",
         "hparams_search.grace_period=4",
-        f"hparams_search.storage={journal}",
+        f"hparams_search.storage='{storage}'",
         *TINY,
         "test=false",
         "callbacks.image_logger=null",
@@ -186,23 +199,15 @@ def finished_trials(sweep_dir: Path) -> set[str]:
     return {p.parent.name for p in sweep_dir.glob("*/metrics.json")}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # about a minute on a quiet 2-core machine
-def test_two_workers_share_one_study_and_a_killed_one_resumes(
-    tmp_path: Path, data_dir: Path, compose_cfg
-) -> None:
-    """Two sweeps on one journal file run N trials between them, none twice; one is killed
-    (SIGKILL) in the middle of a trial and started again: the study still ends with N
-    completed trials, the killed trial failed (interrupted) and its parameters re-run."""
-    from hydra.utils import instantiate
-
-    instantiate(compose_cfg().data.generate)()  # generated once, before two processes read it
-    journal = tmp_path / "study.journal"
-    dirs = {name: tmp_path / name for name in ("a", "b")}
+def share_and_kill(
+    storage: Path | str, tmp_path: Path, data_dir: Path, workers: int, n_trials: int
+):
+    """``workers`` sweeps on one study; the first is killed (SIGKILL) in the middle of its
+    second trial and started again. Returns (the killed trial's number, {worker: folder})."""
+    dirs = {name: tmp_path / name for name in "abcdefgh"[:workers]}
     logs = {name: tmp_path / f"{name}.log" for name in dirs}
-    procs = {
-        name: start(sweep_command(d, journal, data_dir), logs[name]) for name, d in dirs.items()
-    }
+    command = {name: sweep_command(d, storage, data_dir, n_trials) for name, d in dirs.items()}
+    procs = {name: start(command[name], logs[name]) for name in dirs}
     try:
         # Kill A while its second trial trains (folder created, no metrics yet).
         deadline = time.monotonic() + 600
@@ -217,29 +222,179 @@ def test_two_workers_share_one_study_and_a_killed_one_resumes(
                 os.kill(procs["a"].pid, signal.SIGKILL)
             time.sleep(0.2)
         procs["a"].wait(timeout=30)
-        procs["a"] = start(sweep_command(dirs["a"], journal, data_dir), logs["a"])
+        procs["a"] = start(command["a"], logs["a"])
         for name, proc in procs.items():
             assert proc.wait(timeout=600) == 0, logs[name].read_text()[-3000:]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+    return int(killed), dirs
 
-    study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
+
+def check_shared_study(study, killed: int, dirs: dict[str, Path], n_trials: int) -> None:
+    """N completed trials, the killed one failed (interrupted) and re-queued once with its
+    parameters, no trial run twice, every worker ran some, values as in metrics.json."""
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == N_TRIALS, studies.state_counts(trials)
-    interrupted = trials[int(killed)]
+    assert len(complete) == n_trials, studies.state_counts(trials)
+    interrupted = trials[killed]
     assert interrupted.state == TrialState.FAIL
     assert studies.INTERRUPTED_ATTR in interrupted.system_attrs
-    retries = [t for t in trials if t.user_attrs.get(studies.RETRY_OF_ATTR) == int(killed)]
+    retries = [t for t in trials if t.user_attrs.get(studies.RETRY_OF_ATTR) == killed]
     assert len(retries) == 1 and retries[0].params == interrupted.params
     # No trial ran twice: each completed trial has one folder with metrics, in one sweep folder.
     done = {name: finished_trials(d) for name, d in dirs.items()}
-    assert not done["a"] & done["b"], done
-    assert done["a"] | done["b"] == {str(t.number) for t in complete}, done
-    assert done["a"] and done["b"], done  # both worked
+    names = list(done)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not done[first] & done[second], done
+    assert set().union(*done.values()) == {str(t.number) for t in complete}, done
+    assert all(done.values()), done  # every worker worked
     for trial in complete:
-        folder = dirs["a" if str(trial.number) in done["a"] else "b"] / str(trial.number)
-        value = json.loads((folder / "metrics.json").read_text())["val/mIoU"]
-        assert math.isclose(value, trial.value, rel_tol=1e-6)
+        owner = next(name for name in names if str(trial.number) in done[name])
+        value = json.loads((dirs[owner] / str(trial.number) / "metrics.json").read_text())
+        assert math.isclose(value["val/mIoU"], trial.value, rel_tol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute on a quiet 2-core machine
+def test_two_workers_share_one_study_and_a_killed_one_resumes(
+    tmp_path: Path, data_dir: Path, compose_cfg
+) -> None:
+    """Two sweeps on one journal file run N trials between them, none twice; one is killed
+    (SIGKILL) in the middle of a trial and started again: the study still ends with N
+    completed trials, the killed trial failed (interrupted) and its parameters re-run."""
+    from hydra.utils import instantiate
+
+    instantiate(compose_cfg().data.generate)()  # generated once, before two processes read it
+    journal = tmp_path / "study.journal"
+    killed, dirs = share_and_kill(journal, tmp_path, data_dir, workers=2, n_trials=N_TRIALS)
+    study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
+    check_shared_study(study, killed, dirs, N_TRIALS)
+
+
+PRUNE_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def pruned_sweep(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-trial sweep on tiny data, no SLURM, the median pruner on after one trial. The
+    trials' learning rates are queued in the study first: trial 0 barely moves (lr 1e-7) and
+    keeps the untrained network's score; trial 1 (lr 0.01) scores below it after its first
+    epoch (measured: 0.007 against 0.044 val/mIoU), so the pruner has a trial to stop."""
+    from segexp.track.study import open_storage
+
+    sweep = tmp_path_factory.mktemp("pruned") / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(
+        study_name="segexp",
+        storage=open_storage(str(sweep / "optuna.journal")),
+        direction="maximize",
+    )
+    for lr in (1e-7, 0.01):
+        study.enqueue_trial({"optimizer.lr": lr})
+    result = subprocess.run(
+        [
+            sys.executable, "train.py", "hparams_search=optuna", *TINY,
+            f"trainer.max_epochs={PRUNE_EPOCHS}", "test=false", "callbacks.image_logger=null",
+            "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.model", "loss=ce",
+            "optimizer.weight_decay=0.0", "optimizer.lr=tag(log, interval(1e-7, 1e-1))",
+            "hparams_search.pruner=median", "hparams_search.n_startup_trials=1",
+            "hparams_search.warmup_epochs=1", f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    return sweep, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_median_pruner_stops_a_trial_of_a_real_run(pruned_sweep) -> None:
+    """Real Lightning runs report each epoch's val/mIoU; the median pruner stops trial 1 at the
+    first epoch where its best is below trial 0's value at that epoch: the run stops there
+    (no later epoch is reported), and the study, the run folder and the sweep's results
+    record a pruned trial."""
+    sweep, result = pruned_sweep
+    assert result.returncode == 0, result.stderr[-4000:]
+    study = optuna.load_study(
+        study_name="segexp", storage=studies.open_storage(str(sweep / "optuna.journal"))
+    )
+    first, second = study.get_trials()
+    assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
+    assert sorted(first.intermediate_values) == list(range(1, PRUNE_EPOCHS + 1))
+    # By hand: the median of one completed trial is its value; prune at the first epoch
+    # (warm-up: 1) where the running trial's best so far is below it.
+    reported = second.intermediate_values
+    stop = next(
+        epoch
+        for epoch in range(1, PRUNE_EPOCHS + 1)
+        if max(reported[e] for e in range(1, epoch + 1)) < first.intermediate_values[epoch]
+    )
+    assert sorted(reported) == list(range(1, stop + 1)) and stop < PRUNE_EPOCHS, reported
+    pruned = sweep / str(second.number)
+    assert f"pruned after epoch {stop}" in (pruned / "pruned.txt").read_text()
+    assert not (pruned / "metrics.json").exists() and (sweep / "0" / "metrics.json").is_file()
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 1, "pruned": 1} and results["best_trial"] == 0
+
+
+def epoch_values(csv_file: Path, key: str = "val/mIoU") -> dict[int, float]:
+    """{epochs trained: value} of ``key`` in a run's csv/metrics.csv."""
+    with csv_file.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(key)]
+    return {int(row["epoch"]) + 1: float(row[key]) for row in rows}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> dict:
+    """GET ``url`` as JSON, retrying while ``server`` starts (its output goes to ``log``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.loads(response.read().decode())
+        except OSError:
+            assert server.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no answer from {url} in {timeout} s"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dashboard_command_the_sweep_prints_shows_its_trials(pruned_sweep, tmp_path: Path) -> None:
+    """The sweep prints `optuna-dashboard <storage>`; that command, run as printed, serves
+    segexp's study: each trial in the state the sweep recorded, with the val/mIoU its run
+    logged after each epoch (its csv/metrics.csv) as intermediate values."""
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    if not dashboard.exists():
+        pytest.skip("no optuna-dashboard next to Python (pip install -e .[sweep])")
+    sweep, result = pruned_sweep
+    match = re.search(r"Follow it with: optuna-dashboard (\S+)", result.stdout + result.stderr)
+    assert match, (result.stdout + result.stderr)[-3000:]
+    port, log = free_port(), tmp_path / "dashboard.log"
+    command = [str(dashboard), match.group(1), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        summaries = get_json(base, server, log)["study_summaries"]
+        (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == "segexp"]
+        trials = get_json(f"{base}/{study_id}?after=0", server, log)["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "Complete"), (1, "Pruned")]
+    for trial in trials:
+        logged = epoch_values(sweep / str(trial["number"]) / "csv" / "metrics.csv")
+        shown = {v["step"]: v["value"] for v in trial["intermediate_values"]}
+        assert shown == pytest.approx(logged, rel=1e-6), trial["number"]
