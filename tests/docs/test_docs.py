@@ -124,7 +124,8 @@ def run_blocks() -> list[list[Command]]:
 
 def newest_train_run(work: Path) -> str:
     runs = sorted(
-        p.parents[1].relative_to(work).as_posix() for p in work.glob("outputs/*/*/.hydra/config.yaml")
+        p.parents[1].relative_to(work).as_posix()
+        for p in work.glob("outputs/*/*/.hydra/config.yaml")
     )
     runs = [r for r in runs if TRAIN_RUN.match(r)]
     assert runs, f"no training run under {work / 'outputs'} for outputs/<date>/<time>"
