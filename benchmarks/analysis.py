@@ -51,13 +51,19 @@ def eval_command(ckpt: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def trained_data(settings: Settings) -> list[str]:
+    """Overrides that point eval at the generated data the checkpoint trained on: eval never
+    draws a checkpoint's dataset itself, and the data folder is under the results folder."""
+    return ["data=shapes", *settings.overrides()]
+
+
 def timed(args: list[str]) -> float:
     began = time.perf_counter()
     run_checked(args)
     return time.perf_counter() - began
 
 
-def in_process_share(ckpt: Path, out: Path) -> tuple[float, float]:
+def in_process_share(settings: Settings, ckpt: Path, out: Path) -> tuple[float, float]:
     """(evaluate() seconds, of them inside the analysis callback's hooks), one run in this
     process: both from the same run, so a busy machine slows both alike."""
     from hydra import compose, initialize_config_dir
@@ -85,6 +91,7 @@ def in_process_share(ckpt: Path, out: Path) -> tuple[float, float]:
         f"ckpt_path={ckpt}",
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
+        *trained_data(settings),
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="eval", overrides=overrides)
@@ -169,14 +176,18 @@ def run(settings: Settings) -> list[Figure]:
     repeats = 1 if settings.quick else 3
     fresh = interleaved(
         {
-            "on": lambda: timed(eval_command(ckpt, out / "eval-on")),
-            "off": lambda: timed(eval_command(ckpt, out / "eval-off", "analysis.enabled=false")),
+            "on": lambda: timed(eval_command(ckpt, out / "eval-on", *trained_data(settings))),
+            "off": lambda: timed(
+                eval_command(
+                    ckpt, out / "eval-off", *trained_data(settings), "analysis.enabled=false"
+                )
+            ),
         },
         repeats,
     )
-    in_process_share(ckpt, out / "inside")  # warm-up: first calls pay one-time imports
+    in_process_share(settings, ckpt, out / "inside")  # warm-up: first calls pay one-time imports
     inside = sorted(
-        (in_process_share(ckpt, out / "inside") for _ in range(repeats)),
+        (in_process_share(settings, ckpt, out / "inside") for _ in range(repeats)),
         key=lambda pair: pair[1] / pair[0],
     )
     total, spent = inside[len(inside) // 2]  # the run of median share

@@ -1,11 +1,13 @@
-"""GPU training throughput of U-Net-ResNet34 at 512x512, batch 8: which speed-ups pay.
+"""Figure 11, training speed where users train (``benchmarks.gpu_train``), and the earlier
+per-variant table of U-Net-ResNet34 at 512x512, batch 8.
 
-    python -m benchmarks.gpu                  # on a GPU machine: the table of the issue
-    python -m benchmarks.gpu --smoke          # tiny, on the CPU: checks the script runs
-    python -m benchmarks.gpu --variants fp32,bf16
+    python -m benchmarks.gpu                  # on a GPU machine: figure 11 (about 8 minutes)
+    python -m benchmarks.gpu --cpu            # here: compile vs eager, metrics at 256 px
+    python -m benchmarks.gpu --smoke          # tiny, on the CPU: checks every part runs
+    python -m benchmarks.gpu --variants fp32,bf16,bf16+cl,bf16+cl+compile
     python -m benchmarks.gpu --metrics        # our confusion matrix vs torchmetrics, on the GPU
 
-Each variant trains the same network (forward, cross-entropy, backward, AdamW step)
+In the variant table, each variant trains the same network (forward, cross-entropy, backward, AdamW step)
 on one random batch held on the device; images/s is timed after warm-up steps
 (torch.compile compiles during them) with the device synchronised. Variants:
   fp32           float32 weights and activations (TF32 matmuls off, PyTorch's default)
@@ -22,6 +24,8 @@ import contextlib
 import time
 
 import torch
+
+from benchmarks.gpu_train import GPU_MODELS
 
 VARIANTS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
 
@@ -106,19 +110,22 @@ def metrics_side_by_side(device: str, quick: bool) -> list[dict]:
     return [{"name": f.name, "value": f.value, "note": f.note} for f in figures]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes on the CPU (64px, batch 2)"
-    )
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add = parser.add_argument
+    add("--cpu", action="store_true", help="CPU table: compile vs eager, metrics at 256 px")
+    add("--smoke", action="store_true", help="tiny sizes on the CPU, no compile")
+    add("--out", default=None, help="results folder (default outputs/bench)")
+    add("--models", default=None, help=f"comma list of {', '.join(GPU_MODELS)}")
+    add("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak (MFU)")
+    add("--variants", default=None, help=f"the variant table instead: {','.join(VARIANTS)}")
+    add("--device", default=None, help="--variants/--metrics: default cuda if available")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument(
         "--metrics",
         action="store_true",
@@ -128,6 +135,54 @@ def main(argv: list[str] | None = None) -> list[dict]:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.metrics:
         return metrics_side_by_side(args.device or default_device, args.smoke)
+    if args.variants:
+        return variant_table(args, default_device, parser)
+    return figure_eleven(args, parser)
+
+
+def figure_eleven(args, parser) -> list:
+    """The GPU table (on a GPU), or the CPU one (--cpu), or every part tiny (--smoke)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.gpu_train import Plan, run_cpu, run_gpu
+    from benchmarks.harness import Settings, quiet_lightning
+
+    quiet_lightning()
+    settings = Settings(quick=args.smoke)
+    if args.out:
+        settings.out_dir, settings.data_dir = Path(args.out), Path(args.out) / "data"
+    models = tuple(m for m in (args.models or ",".join(GPU_MODELS)).split(",") if m)
+    unknown = sorted(set(models) - set(GPU_MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; valid: {', '.join(GPU_MODELS)}")
+    cpu = torch.device("cpu")
+    if args.smoke:
+        tiny = Plan(cpu, size=64, batch=2, steps=2, warmup=1, compile=False, models=models[:1])
+        figures = run_gpu(settings, tiny, args.peak_tflops) + run_cpu(settings, tiny)
+    elif args.cpu:
+        figures = run_cpu(settings, Plan(cpu, size=256, batch=4, steps=10, warmup=3))
+    elif torch.cuda.is_available():
+        figures = run_gpu(settings, Plan(torch.device("cuda"), models=models), args.peak_tflops)
+    else:
+        parser.error("no CUDA device here: run it on a GPU machine, or pass --cpu (or --smoke)")
+    on_gpu = torch.cuda.is_available() and not (args.cpu or args.smoke)
+    device = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nFigure 11 on {device}; torch {torch.__version__}")
+    for figure in figures:
+        print(figure.line())
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    results = [{"name": f.name, "value": f.value, "unit": f.unit, "target": f.target,
+                "verdict": f.verdict, "note": f.note} for f in figures]  # fmt: skip
+    path = settings.out_dir / "gpu_results.json"
+    record = {"device": device, "torch": torch.__version__, "figures": results}
+    path.write_text(json.dumps(record, indent=1))
+    print(f"results: {path}")
+    return figures
+
+
+def variant_table(args, default_device: str, parser) -> list[dict]:
+    """The earlier per-variant table: U-Net-R34 fp32 / bf16 / channels_last / compile."""
     if args.smoke:
         args.size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
         args.device = args.device or "cpu"

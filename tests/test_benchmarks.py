@@ -53,3 +53,30 @@ def test_gpu_script_smoke_on_cpu():
     assert any(line.startswith("fp32 ") for line in lines), result.stdout
     assert any(line.startswith("bf16+cl ") for line in lines), result.stdout
     assert "fastest:" in result.stdout
+
+
+@pytest.mark.slow
+def test_figure_eleven_smoke_runs_every_part(tmp_path):
+    """`python -m benchmarks.gpu --smoke`: the GPU figure's arms, ratios, FLOPs, validation,
+    sliding window and loader, then the CPU table, at tiny sizes; results.json holds them."""
+    result = run_script("-m", "benchmarks.gpu", "--smoke", "--out", str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "gpu_results.json").read_text())
+    figures = {f["name"]: f for f in saved["figures"]}
+    rate = {
+        arm: next(f["value"] for n, f in figures.items() if n.startswith(f"unet-r34: ({arm})"))
+        for arm in "abc"
+    }
+    assert all(math.isfinite(v) and v > 0 for v in rate.values()), rate
+    assert figures["unet-r34: segexp / bare loop (b / a)"]["value"] == pytest.approx(
+        rate["b"] / rate["a"]
+    )
+    assert figures["unet-r34: what the options buy (b / c)"]["value"] == pytest.approx(
+        rate["b"] / rate["c"]
+    )
+    assert figures["device bf16 dense peak"]["value"] is None  # a CPU: no MFU guessed
+    assert not any("MFU" in name for name in figures)
+    assert figures["unet-r34: model TFLOP/s of (b)"]["value"] > 0
+    for name in ("validation, all metrics / forward only", "sliding window + flip"):
+        assert any(name in n and f["value"] > 0 for n, f in figures.items()), name
+    assert figures["unet 64 px: validation, all metrics / forward only"]["target"] == "<= 1.03"

@@ -21,7 +21,13 @@ from segexp.configs import CONF_DIR
 from segexp.run.reproduce import ReproduceError, saved_config
 
 # Overrides that change how a resumed run executes, never what it computes.
-RESUME_SAFE_KEYS = ("data.num_workers", "data.pin_memory", "trainer.enable_progress_bar")
+RESUME_SAFE_KEYS = (
+    "data.num_workers",
+    "data.pin_memory",
+    "trainer.enable_progress_bar",
+    "compile",  # the checkpoint is the plain network's either way
+    "compile_mode",
+)
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
 

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from segexp.data.classes import classes_of, decide_num_classes
@@ -66,6 +67,7 @@ class SegDataModule(pl.LightningDataModule):
         class_names: names for the classes (else the dataset's own, else ``class_<i>``).
         train_transforms / val_transforms: albumentations transforms (before normalisation).
         mean / std: normalisation, in [0, 1] units.
+        pin_memory: page-locked batches (faster host-to-GPU copies); None: when CUDA is present.
         generate: optional callable run once in ``prepare_data`` (writes a generated dataset).
         test_split: the split ``test_dataloader`` reads (evaluate.py sets it); None: ``test``
             when the dataset has one, else the val split (with a printed notice).
@@ -91,7 +93,7 @@ class SegDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         generate: Callable[[], Any] | None = None,
         train_split: str = "train",
         val_split: str = "val",
@@ -121,7 +123,8 @@ class SegDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        # None: pin when a GPU will take the batches (page-locked memory copies to it faster).
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.generate = generate
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.root = root

@@ -28,6 +28,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     run_dir = Path(cfg.paths.output_dir)
     model = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
+    if cfg.get("compile"):
+        model.compile_network(str(cfg.get("compile_mode") or "default"))
     overrides = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
     datamodule = checkpoint_datamodule(cfg, model, cfg.split, **overrides)
 

@@ -10,8 +10,13 @@ import torch
 from hydra.utils import instantiate
 
 from segexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segexp.errors import UserError
 from segexp.model.metrics import EvalState, argmax_classes, flat_scores
 from segexp.model.networks import PadToMultiple
+
+# torch.compile's modes (its `mode` argument): the default balances compile time and speed;
+# reduce-overhead adds CUDA graphs; max-autotune also searches kernel configurations.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class SegModule(pl.LightningModule):
@@ -32,6 +37,10 @@ class SegModule(pl.LightningModule):
             None: the multiple the network needs (``segexp.model.networks.required_multiple``).
         channels_last: keep the network's weights and its inputs in channels_last memory
             format (NHWC). Same results; faster convolutions on a GPU (docs/benchmarks.md).
+
+    ``compile_network`` (train and eval's ``compile=true``) runs the network through
+    ``torch.compile``; it is a setting of the process, not of the module: checkpoints, the
+    state dict and export are the plain network's either way.
     """
 
     def __init__(
@@ -66,6 +75,23 @@ class SegModule(pl.LightningModule):
         self.inference = None
         # The last computed confusion matrix per stage (evaluate.py writes it out).
         self.last_confmat: dict[str, torch.Tensor] = {}
+        # torch.compile's wrapper of self.net (compile_network), kept out of the module tree.
+        self.__dict__["compiled_net"] = None
+
+    def compile_network(self, mode: str = "default") -> None:
+        """Run the network through ``torch.compile(mode=mode)`` from now on.
+
+        The compiled wrapper shares the network's parameters and is not registered as a
+        child module, so ``state_dict`` keys stay ``net.*``: a compiled run's checkpoint loads
+        into an uncompiled module and back, resumes either way, and exports the plain network.
+        Compilation happens at the first forward of each new input shape and grad mode.
+        """
+        if mode not in COMPILE_MODES:
+            raise UserError(
+                f"compile_mode={mode!r} is not a torch.compile mode; use one of "
+                f"{', '.join(COMPILE_MODES)} (e.g. compile_mode=max-autotune)."
+            )
+        self.__dict__["compiled_net"] = torch.compile(self.net, mode=mode)
 
     def set_inference(self, inference: Any) -> None:
         """Predict test batches with ``inference`` (a ``segexp.infer.engine.Inference``: slide
@@ -74,7 +100,8 @@ class SegModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes, H, W) logits."""
-        return self.net(images.contiguous(memory_format=self.memory_format))
+        net = self.compiled_net if self.compiled_net is not None else self.net
+        return net(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -193,4 +220,6 @@ def build_module(cfg: Any, datamodule: Any | None = None) -> SegModule:
         channels_last=bool(cfg.get("channels_last", False)),
     )
     module.run_config = plain(cfg)
+    if cfg.get("compile"):
+        module.compile_network(str(cfg.get("compile_mode") or "default"))
     return module

@@ -13,6 +13,7 @@ lives in the scheduler's state, so checkpoints keep it.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -81,11 +82,15 @@ def build_optimizer(
     weight_decay: float = 0.0,
     encoder_lr_mult: float = 1.0,
     no_weight_decay_norm_bias: bool = False,
+    fused: bool | None = None,
     **kwargs: Any,
 ) -> Optimizer:
     """Any torch optimizer (``optimizer_class``, a dotted path) over :func:`param_groups` of ``module``.
 
-    ``kwargs`` go to the optimizer (``momentum``, ``nesterov``, ``betas``, ...).
+    ``kwargs`` go to the optimizer (``momentum``, ``nesterov``, ``betas``, ...). ``fused``:
+    torch's fused (one kernel for all parameters) implementation; None uses it when every
+    parameter is on a CUDA device and the optimizer offers it (AdamW, Adam, SGD, ...), and
+    torch's default elsewhere, so CPU runs keep their numbers.
     """
     from hydra.utils import get_class
 
@@ -99,6 +104,17 @@ def build_optimizer(
     groups = param_groups(module, lr, weight_decay, encoder_lr_mult, no_weight_decay_norm_bias)
     if not groups:
         raise UserError("optimizer: the model has no trainable parameters.")
+    offers_fused = "fused" in inspect.signature(cls).parameters
+    if fused is None:
+        on_cuda = all(p.is_cuda for group in groups for p in group["params"])
+        fused = True if offers_fused and on_cuda else None
+    elif not offers_fused:
+        raise UserError(
+            f"optimizer.fused={fused}: {optimizer_class} has no fused implementation; "
+            "set optimizer.fused=null."
+        )
+    if fused is not None:
+        kwargs["fused"] = fused
     return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
 

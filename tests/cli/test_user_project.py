@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,11 @@ def test_evaluates_predicts_and_exports_its_checkpoint(project, monkeypatch):
     from segexp.run.checkpoint import load_module
 
     monkeypatch.syspath_prepend(str(project.root))
-    net = load_module(project.ckpt, trust=["mylab"]).net.eval()
+    try:
+        net = load_module(project.ckpt, trust=["mylab"]).net.eval()
+    finally:  # the rest of the session must not find this project's package imported
+        for name in [m for m in sys.modules if m.partition(".")[0] == "mylab"]:
+            del sys.modules[name]
     images = torch.randn(2, 3, 36, 52)
     with torch.no_grad():
         expected = net(images).numpy()
