@@ -63,7 +63,7 @@ bench: ## benchmarks (speed and quality per CPU-minute), prints ratios side by s
 bench-quick: ## the benchmark suite at tiny sizes (checks it runs; the numbers mean nothing)
 	$(PY) -m benchmarks --quick $(ARGS)
 
-bench-gpu: ## GPU throughput table: U-Net-R34 512px batch 8, fp32 / bf16 / channels_last / compile
+bench-gpu: ## figure 11 on a GPU (ARGS=--cpu here; ARGS="--variants fp32,bf16" the variant table)
 	$(PY) -m benchmarks.gpu $(ARGS)
 
 docs: ## build the guide site into site/ (strict: a broken link or reference fails)
