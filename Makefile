@@ -27,7 +27,7 @@ train-debug: ## one batch of train/val/test, to check a config end to end
 	$(VENV)/bin/segexp train trainer=debug logger=csv $(ARGS)
 
 test: ## run the whole test suite (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 test-fast: ## the tests not marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
