@@ -170,6 +170,29 @@ def test_channels_last_gives_the_same_logits_and_survives_a_checkpoint(compose_c
     assert loaded.memory_format == torch.channels_last
 
 
+@pytest.mark.parametrize(
+    ("overrides", "cuda", "expected"),
+    [
+        ([], False, False),  # the default run on a CPU: as before
+        (["trainer.accelerator=gpu"], False, True),  # a GPU run (built before the device)
+        (["trainer.accelerator=auto"], True, True),  # auto on a machine with CUDA
+        (["trainer.accelerator=auto"], False, False),
+        (["trainer.accelerator=gpu", "channels_last=false"], False, False),  # said, so kept
+        (["channels_last=true"], False, True),
+    ],
+)
+def test_channels_last_null_means_on_for_cuda_runs(
+    compose_cfg, monkeypatch, overrides, cuda, expected
+):
+    from segexp.model.module import build_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = compose_cfg(overrides)
+    module = build_module(cfg)
+    assert module.hparams.channels_last is expected  # what the checkpoint will carry
+    assert (module.memory_format == torch.channels_last) is expected
+
+
 def test_shallow_resnet_encoder_holds_only_the_stages_it_runs(compose_cfg):
     """encoder_depth=4 (model=unet_small): smp keeps ResNet's layer4 although forward never
     runs it; segexp drops it, so every parameter trains (DDP refuses unused ones)."""
