@@ -88,6 +88,35 @@ def test_adamw_config_and_bad_class(compose_cfg):
         build_optimizer(Tiny(), optimizer_class="torch.optim.Adamm")
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_kernels_only_where_asked_or_on_cuda(compose_cfg, name, monkeypatch):
+    """optimizer.fused=null: torch's default on CPU parameters (a CPU run keeps its numbers),
+    fused on CUDA ones; true/false as said; an optimizer without a fused kernel refuses."""
+    factory = instantiate(compose_cfg([f"optimizer={name}"]).optimizer)
+    assert factory.keywords["fused"] is None
+    assert not factory(Tiny()).defaults.get("fused")  # CPU: torch's own default (None/False)
+    assert build_optimizer(Tiny(), f"torch.optim.{type(factory(Tiny())).__name__}", fused=True
+                           ).defaults["fused"] is True  # fmt: skip
+    # Every parameter on a CUDA device: fused (the class is stubbed; no GPU needed to decide).
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    seen = {}
+
+    class Recorder(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kwargs):
+            seen["fused"] = fused
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "RecorderSGD", Recorder, raising=False)
+    build_optimizer(Tiny(), "torch.optim.RecorderSGD")
+    assert seen["fused"] is True
+
+
+def test_fused_on_an_optimizer_without_it_names_the_key():
+    with pytest.raises(ValueError, match=r"optimizer.fused=True: torch.optim.RAdam"):
+        build_optimizer(Tiny(), "torch.optim.RAdam", fused=True)
+    assert build_optimizer(Tiny(), "torch.optim.RAdam").defaults.get("fused") is None
+
+
 def lr_sequence(make_scheduler, steps, lrs=(0.1, 0.01)):
     """LR of every group at optimisation steps 0..steps-1 (scheduler stepped after each)."""
     params = [nn.Parameter(torch.zeros(1)) for _ in lrs]
