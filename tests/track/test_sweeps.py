@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.conftest import CONF, REPO, TINY, run_script
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 HPARAMS_FILES = sorted((CONF / "hparams_search").glob("*.yaml"))
-W_AND_B_COMMAND = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+W_AND_B_COMMAND = ["${env}", "segexp", "train", "${args_no_hyphens}"]
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
 
 
@@ -59,7 +60,7 @@ def check_composes(compose_cfg, key: str, value) -> None:
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
 def test_wandb_sweep_yaml_composes(path: Path, compose_cfg) -> None:
     sweep = yaml.safe_load(path.read_text())
-    assert sweep["program"] == "train.py"
+    assert sweep["program"] == "segexp"
     assert sweep["command"] == W_AND_B_COMMAND  # Hydra wants key=value, not --key=value
     assert sweep["method"] in ("grid", "random", "bayes")
     assert sweep["metric"]["goal"] in ("maximize", "minimize")
@@ -68,6 +69,39 @@ def test_wandb_sweep_yaml_composes(path: Path, compose_cfg) -> None:
     for key, spec in sweep["parameters"].items():
         for value in draw_values(spec, rng):
             check_composes(compose_cfg, key, value)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
+def test_wandb_agent_command_runs_segexp(path: Path, tmp_path: Path) -> None:
+    """The command a W&B agent runs for a trial (its macros filled in as the agent fills them)
+    starts `segexp train` with the trial's values, from a folder that is not a checkout."""
+    import shutil
+    import subprocess
+    import sys
+
+    sweep = yaml.safe_load(path.read_text())
+    rng = random.Random(1)
+    values = {key: draw_values(spec, rng)[-1] for key, spec in sweep["parameters"].items()}
+    macros = {
+        "env": ["/usr/bin/env"],
+        "interpreter": ["python"],
+        "program": [sweep["program"]],
+        "args_no_hyphens": [f"{key}={value}" for key, value in values.items()],
+    }
+    command = [w for word in sweep["command"] for w in macros.get(word[2:-1], [word])]
+    bin_dir = Path(sys.executable).parent  # where `segexp` is installed beside this python
+    assert shutil.which(command[1], path=str(bin_dir)), f"{command[1]} is not a command"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        [*command, "--cfg", "job"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    job = yaml.safe_load(result.stdout)
+    for key, value in values.items():
+        if key not in GROUPS:
+            assert OmegaConf.select(OmegaConf.create(job), key) == value, key
 
 
 def test_misspelt_key_fails_composition(compose_cfg) -> None:
