@@ -226,5 +226,12 @@ def check_config(cfg: DictConfig) -> None:
         problems.append(f"seed={seed!r}: must be an integer")
     for check in (check_data, check_optim, check_model, check_augment):
         problems += check(cfg)
+    from segexp.model.module import COMPILE_MODES
+
+    mode = _get(cfg, "compile_mode", "default")
+    if _get(cfg, "compile") and mode not in COMPILE_MODES:
+        problems.append(
+            f"compile_mode={mode!r}: not a torch.compile mode (valid: {', '.join(COMPILE_MODES)})"
+        )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -41,11 +41,12 @@ def test_default_config_is_valid(compose_cfg):
         ("model.in_channels=4", "model.in_channels=4: images are read as RGB"),
         ("model.classes=3", "model.classes=3 but data.num_classes=6"),
         ("seed=abc", "seed='abc': must be an integer"),
+        ("compile_mode=fastest", "compile_mode='fastest': not a torch.compile mode (valid: "),
     ],
 )
 def test_bad_value_names_key_value_and_range(compose_cfg, override, expected):
     with pytest.raises(ConfigError) as error:
-        check_config(compose_cfg([override]))
+        check_config(compose_cfg([override, "compile=true"]))  # compile_mode counts when on
     assert expected in str(error.value)
 
 
