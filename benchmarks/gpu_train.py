@@ -60,6 +60,8 @@ class Plan:
     warmup: int = 5
     compile: bool = True
     models: tuple[str, ...] = tuple(GPU_MODELS)
+    repeats: int = 5  # interleaved pairs of the validation figure (median of their ratios)
+    val_batches: int = 8
 
     @property
     def cuda(self) -> bool:
@@ -336,12 +338,13 @@ def run_gpu(settings: Settings, plan: Plan, peak_tflops: float | None) -> list[F
     first = plan.models[0]
     cfg = compose(settings, plan, [*GPU_MODELS[first], *FAST])
     batch = random_batch(cfg, plan)
-    ratio, seconds = validation_ratio(cfg, plan, batch, count=8, repeats=3)
+    ratio, seconds = validation_ratio(cfg, plan, batch, plan.val_batches, plan.repeats)
+    images = plan.val_batches * plan.batch
     figures.append(Figure(f"{first}: validation, all metrics / forward only", ratio, "x",
                           "<= 1.03" if plan.cuda else "",
-                          note=f"{8 * plan.batch} images of {plan.size} px, {seconds:.2f} s"))  # fmt: skip
+                          note=f"{images} images of {plan.size} px, {seconds:.2f} s"))  # fmt: skip
     big = 2 * plan.size
-    rate = slide_rate(cfg, plan, big, count=3)
+    rate = slide_rate(cfg, plan, big, count=max(1, plan.repeats - 2))
     figures.append(Figure(f"{first}: sliding window + flip, {big} px images", rate, "img/s",
                           note=f"{plan.size} px windows, stride 2/3"))  # fmt: skip
     figures += loader_figures(settings, plan, rates[first])
@@ -369,7 +372,8 @@ def run_cpu(settings: Settings, plan: Plan) -> list[Figure]:
             Figure("compile time (first steps, compiled - eager)",
                    compiled["warmup_s"] - eager["warmup_s"], "s"),
         ]  # fmt: skip
-    ratio, seconds = validation_ratio(eager_cfg, plan, batch, count=8, repeats=5)
+    ratio, seconds = validation_ratio(eager_cfg, plan, batch, plan.val_batches, plan.repeats)
     figures.append(Figure(f"unet {plan.size} px: validation, all metrics / forward only", ratio,
-                          "x", "<= 1.03", note=f"median of 5 pairs; {seconds:.1f} s a pass"))  # fmt: skip
+                          "x", "<= 1.03",
+                          note=f"median of {plan.repeats} pairs; {seconds:.1f} s a pass"))  # fmt: skip
     return figures
