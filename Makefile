@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,sweep,slurm,onnx,crf,tensorboard,mlflow
+EXTRAS ?= dev,sweep,slurm,onnx,crf,tensorboard,mlflow,docs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-debug evaluate test test-fast stress mutation lint fmt bench bench-quick bench-gpu clean
+.PHONY: help install train train-debug evaluate test test-fast stress mutation lint fmt bench bench-quick bench-gpu docs docs-serve docs-pictures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,5 +66,14 @@ bench-quick: ## the benchmark suite at tiny sizes (checks it runs; the numbers m
 bench-gpu: ## GPU throughput table: U-Net-R34 512px batch 8, fp32 / bf16 / channels_last / compile
 	$(PY) -m benchmarks.gpu $(ARGS)
 
+docs: ## build the guide site into site/ (strict: a broken link or reference fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: ## serve the guide on http://127.0.0.1:8000, rebuilt as docs/ changes
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-pictures: ## the docs' pictures, made from real runs (trains the default run: ~5 min)
+	$(PY) scripts/docs_pictures.py $(ARGS)
+
 clean: ## remove outputs and caches (keeps .venv and data/)
-	rm -rf outputs multirun .pytest_cache .ruff_cache .hypothesis mutants
+	rm -rf outputs multirun site .pytest_cache .ruff_cache .hypothesis mutants

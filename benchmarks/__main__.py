@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: every figure of BENCHMARKS.md, each with its target and verdict.
+"""``python -m benchmarks``: every figure of docs/benchmarks.md, each with its target and verdict.
 
     python -m benchmarks                    # all figures (about 13 min on a quiet 2-core machine)
     python -m benchmarks --quick            # tiny sizes: checks the suite runs (seconds per figure)
@@ -6,6 +6,7 @@
     python -m benchmarks --only transfer    # init_from= vs from scratch on a second dataset
     python -m benchmarks --only sweep       # the same Optuna search with and without pruning
     python -m benchmarks --only budget      # budget= honoured; recipe=auto vs default per budget
+    python -m benchmarks --only analysis    # segexp eval's analysis: time on/off, peak RSS
     python -m benchmarks --only quality --candidates   # compare candidate default recipes
     python -m benchmarks --only quality --candidates fpn-mobilenet_v2  # one of them
     python -m benchmarks --clock cpu        # budgets in CPU time (for a shared, loaded machine)
@@ -38,6 +39,7 @@ FIGURES = (
     "transfer",
     "sweep",
     "budget",
+    "analysis",
 )
 TITLES = {
     "overhead": "1. Framework overhead (training step)",
@@ -49,6 +51,7 @@ TITLES = {
     "transfer": "7. Transfer: init_from vs from scratch on a second dataset",
     "sweep": "8. Sweeps: Optuna with and without pruning",
     "budget": "9. Training to a time budget: honoured, and recipe=auto vs the default",
+    "analysis": "10. Evaluation analysis: time and peak memory",
 }
 
 
@@ -106,7 +109,7 @@ def machine() -> dict[str, str]:
 
 
 def markdown(report: dict[str, list[Figure]], info: dict[str, str], args) -> str:
-    """The figures as a BENCHMARKS.md table (machine and date in the heading)."""
+    """The figures as a docs/benchmarks.md table (machine and date in the heading)."""
     lines = [
         f"Measured {info['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
         f"load average {info['load_avg_1min']} at start, quality clock `{args.clock}`"

@@ -252,7 +252,7 @@ def run(settings: Settings) -> list[Figure]:
                     [a for a in args if a != "recipe=auto"], seconds
                 ):
                     # The same configuration: a second run would measure only the machine's
-                    # step-time noise (BENCHMARKS.md), so the default's run stands for both.
+                    # step-time noise (docs/benchmarks.md), so the default's run stands for both.
                     rows.append({**rows[-1], "recipe": "auto", "same_as_default": True})
                     continue
                 result = timed_run(settings, f"quality-{dataset}-{recipe}-{seconds:.0f}s", args)

@@ -12,7 +12,7 @@ trial for trial, and the figure measures what pruning costs (a good configuratio
 stopped too early) and saves. With TPE the two studies part ways at the first pruned
 trial (the model sees a pruned curve instead of a finished one), and the difference of
 the two bests mostly measures where two 16-trial searches happened to wander
-(BENCHMARKS.md has both).
+(docs/benchmarks.md has both).
 """
 
 from __future__ import annotations

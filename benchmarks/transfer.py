@@ -83,7 +83,7 @@ def draw_mark(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_marks(root: Path, counts: dict[str, int], size: int) -> Path:
-    """The "marks" dataset in the folder layout (README: "Bring your own data")."""
+    """The "marks" dataset in the folder layout (docs/data.md)."""
     return write_folder_dataset(root, counts, lambda seed: draw_mark(seed, size), CLASSES, 10_000)
 
 

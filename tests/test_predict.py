@@ -127,3 +127,22 @@ def test_predict_help_does_not_import_torch():
     assert result.returncode == 0 and "inference: " in result.stdout
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "torch" not in imported
+
+
+def test_image_over_max_pixels_fails_alone(tmp_path, compose_cfg):
+    """Issue 29: a 13000x13000 PNG aborted the whole run; now it fails alone, by name."""
+    ckpt = write_checkpoint(tmp_path / "tiny.ckpt", compose_cfg, NUM_CLASSES)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / "small.png")
+    Image.new("RGB", (1300, 1000)).save(folder / "huge.png")  # 1.3 MP, over the limit below
+    out = tmp_path / "out"
+    result = predict(predict_cfg(compose_cfg, ckpt, folder, out, "max_pixels=1000000"))
+    assert result["written"] == ["small"]
+    reason = result["failed"][str(folder / "huge.png")]
+    assert "1300x1000 = 1.3 MP is over max_pixels=1000000" in reason
+    assert (out / "masks" / "small.png").is_file() and not (out / "masks" / "huge.png").exists()
+    limit = 1300 * 1000  # exactly at the limit: predicted
+    result = predict(predict_cfg(compose_cfg, ckpt, folder, out, f"max_pixels={limit}"))
+    assert sorted(result["written"]) == ["huge", "small"]

@@ -11,6 +11,7 @@ Nothing here imports torch: these run before every ``--help``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,16 @@ def rewrite_argv(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> list[str]:
                 f"python train.py reproduce={run_dir} {' '.join(refused)} (a new folder, fresh "
                 f"weights), or ckpt_path={run_dir}/checkpoints/last.ckpt <overrides> to start from "
                 f"its weights. Allowed on resume: {', '.join(RESUME_SAFE_KEYS)}, hydra.*"
+            )
+        unwritable = [p for p in (run_dir, run_dir / "checkpoints") if p.is_dir()]
+        unwritable = [p for p in unwritable if not os.access(p, os.W_OK | os.X_OK)]
+        if unwritable:
+            raise ReproduceError(
+                f"resume={run_dir}: {unwritable[0]} cannot be written (read-only or no "
+                "permission), and resume= writes into the run folder (checkpoints, logs, "
+                "metrics.json). Copy it to a "
+                "writable place and resume the copy: cp -r <run folder> <copy>, then "
+                "resume=<copy>."
             )
 
     skip_values = {i + 1 for i, a in enumerate(argv) if a in _VALUE_FLAGS}

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from segexp.cli.errors import exit_codes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``segexp compare`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``segexp compare`` (the docs test parses documented commands with it)."""
     parser = argparse.ArgumentParser(
         prog="segexp compare", description="Compare runs from their folders alone."
     )
@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--all-params", action="store_true", help="also the overrides every run shares"
     )
     parser.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``segexp compare`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     with exit_codes():  # a missing or empty folder: one line and exit 2

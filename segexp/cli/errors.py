@@ -11,16 +11,21 @@ app so that Hydra's own composition errors exit 2 as well:
   resolve (omegaconf) is a user error too: its key is named;
 - our signal handling (``Interrupted``) exits 128 + signal number; Lightning's own
   SIGTERM exit (a ``SystemExit`` with code 0) becomes 143, so schedulers see the stop;
+- a full disk or a read-only file system met while writing (``OSError`` ENOSPC, EDQUOT,
+  EROFS, anywhere in the chain: torch reports a full disk as a RuntimeError) is a user
+  error naming the folder and what is left intact;
 - a non-finite training loss exits 1 with its message;
 - anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from segexp.errors import UserError
@@ -75,11 +80,49 @@ def _omegaconf_message(error: BaseException) -> str | None:
     return None
 
 
+def _run_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # not inside a Hydra job (compare, check ...)
+        return None
+
+
+def _disk_message(error: OSError) -> str:
+    """A full disk or a read-only file system met while writing: the folder, and what is
+    left intact (checkpoints and metrics.json are written whole or not at all)."""
+    folder = _run_dir() or (Path(error.filename).parent if error.filename else Path.cwd())
+    writing = f" while writing {error.filename}" if error.filename else ""
+    if error.errno == errno.EROFS:
+        return (
+            f"{folder} is on a read-only file system{writing}; choose a writable place with "
+            "hydra.run.dir=PATH."
+        )
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        kept = (
+            f"{last} is intact (checkpoints are written whole or not at all); free space, "
+            f"then continue with: segexp train resume={folder}"
+        )
+    elif last.parent.is_dir():
+        kept = (
+            "No checkpoint was complete yet, and none was left half-written; free space and "
+            "start again"
+        )
+    else:
+        kept = "Free space and run the command again"
+    return f"no space left on the device of {folder}{writing} ({error.strerror}). {kept}."
+
+
 def user_message(error: BaseException) -> str | None:
     """The message to print for a user error, or None when ``error`` is a bug."""
     for link in _chain(error):
         if isinstance(link, UserError):
             return _clean_message(link)
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return _disk_message(link)
     if "omegaconf" in sys.modules:
         for link in _chain(error):
             message = _omegaconf_message(link)

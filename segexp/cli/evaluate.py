@@ -4,7 +4,8 @@
     segexp eval ckpt_path=... split=val
     segexp eval ckpt_path=... data=folder data.root=/my/data
     segexp eval ckpt_path=... inference=slide inference.crop_size=128
-    segexp eval ckpt_path=... inference=tta postprocess=crf
+    segexp eval ckpt_path=... inference=tta postprocess=crf postprocess.params=<tune-crf run>/crf_params.yaml
+    segexp eval ckpt_path=... analysis.worst_k=16   # the analysis: per_image.csv, worst.png, analysis.html
 
 The work is ``segexp.infer.evaluate``; this is its command line.
 """

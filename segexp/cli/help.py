@@ -4,7 +4,7 @@ Hydra 1.3's help lists the config groups twice (app groups, then Hydra's own), a
 listing asks the config loader for the options of every group (~130 with the launcher
 and sweeper plugins), building a fresh config repository each time. Those answers
 cannot change within one ``--help``, so remembering them gives the same text faster
-(BENCHMARKS.md, figure 4). Training runs are not touched.
+(docs/benchmarks.md, figure 4). Training runs are not touched.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ def scaffold(path: str | Path, package: str | None = None) -> list[Path]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``segexp new`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``segexp new`` (the docs test parses documented commands with it)."""
     parser = argparse.ArgumentParser(
         prog="segexp new",
         description="Start a segexp project: your model, dataset and loss, with their configs.",
@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--package", default=None, help="its Python package (default: from the folder's name)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``segexp new`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     with exit_codes():
         written = scaffold(args.path, args.package)

@@ -30,7 +30,7 @@ import numpy as np
 from segexp.configs import CONF_DIR
 from segexp.data.class_weights import median_frequency_weights
 from segexp.data.classes import ClassesError, dataset_spec, resolve_num_classes
-from segexp.data.datasets.base import DataError
+from segexp.data.datasets.base import DataError, exif_orientation
 from segexp.data.scan import FIX_HINTS, LabelCounts, check_arrays
 
 STAGES = ("train", "val", "test")
@@ -81,8 +81,11 @@ def check_split(
     for message, kind in zip(dataset.problems, dataset.problem_kinds, strict=True):
         report.error(message, kind)  # layout problems, e.g. missing masks
     stats = LabelCounts(num_classes, ignore_index)
+    rotated: list[str] = []
     for index in _progress(range(len(dataset)), len(dataset), f"check {split}"):
         image_path, mask_path = dataset.samples[index][:2]
+        if (orientation := exif_orientation(Path(image_path))) != 1:
+            rotated.append(f"{image_path} (Orientation={orientation})")
         image = mask = None
         try:
             image = dataset.load_image(index)
@@ -104,6 +107,12 @@ def check_split(
             report.warnings.append(
                 f"mask {mask_path} is all ignore_index: the sample teaches nothing."
             )
+    if rotated:
+        report.warnings.append(
+            f"{len(rotated)} image(s) in split {split} carry a non-identity EXIF orientation, "
+            f"e.g. {'; '.join(rotated[:3])}: segexp applies it when reading (as viewers do), "
+            "so their masks must match the image as displayed (the size check above used it)."
+        )
     for value, pixels in stats.values.items():
         report.labels[value] = report.labels.get(value, 0) + pixels
     if num_classes is None:
@@ -143,7 +152,7 @@ def run_check(cfg) -> tuple[Report, list[str]]:
     unknown_classes = None
     try:
         resolve_num_classes(data)
-    except ClassesError as error:
+    except (ClassesError, DataError) as error:  # e.g. a name repeated in classes.txt
         if data.get("num_classes") is None:
             unknown_classes = str(error)  # scan anyway: the label values tell the number
         else:

@@ -60,6 +60,13 @@ def decide_num_classes(
     default: int | None = None,
 ) -> int:
     """The number of classes from what the user set and what the dataset defines (module doc)."""
+    if class_names is not None:
+        repeated = sorted({str(n) for n in class_names if list(class_names).count(n) > 1})
+        if repeated:
+            raise ClassesError(
+                f"data.class_names={list(class_names)} repeats {', '.join(repeated)}; each class "
+                "needs its own name (metrics are reported by name)."
+            )
     if names is None and class_names is not None:
         names, source = list(class_names), "data.class_names"
     if declared is None:
@@ -129,4 +136,20 @@ def resolve_num_classes(data_cfg: DictConfig, default: int | None = None) -> int
     if declared is None:
         with open_dict(data_cfg):
             data_cfg.num_classes = number
+    check_ignore_index(data_cfg.get("ignore_index"), number, names)
     return number
+
+
+def check_ignore_index(ignore_index: Any, number: int, names: list[str] | None = None) -> None:
+    """Refuse a ``data.ignore_index`` that is one of the ``number`` class ids: that class
+    would be left out of the loss and score 0 IoU, dragging mIoU down without a word."""
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        return
+    if 0 <= ignore_index < number:
+        name = f" ({names[ignore_index]!r})" if names and ignore_index < len(names) else ""
+        raise ClassesError(
+            f"data.ignore_index={ignore_index} is class {ignore_index}{name}, one of the "
+            f"{number} classes (0..{number - 1}): its pixels would be ignored and the class "
+            f"would score 0. Set data.ignore_index to a value that is no class (e.g. 255), or "
+            "relabel the pixels to ignore with it."
+        )

@@ -19,7 +19,8 @@ def pad_collate(
     rounded up to ``multiple`` (encoders downsample by 32), at the bottom/right.
 
     Padded image pixels are 0 (the mean colour after normalisation); padded mask pixels
-    are ``ignore_index``, so they count in neither loss nor metrics. Samples the dataset
+    are ``ignore_index``, so they count in neither loss nor metrics; ``batch["size"]`` keeps
+    each sample's (height, width) before padding. Samples the dataset
     skipped (``{"skipped": message}``, see ``SegDataset``) are dropped and their messages
     travel in ``batch["skipped"]``; a batch left with nothing holds one all-ignore placeholder.
     """
@@ -45,7 +46,14 @@ def pad_collate(
         h, w = sample["mask"].shape[-2:]
         images[i, :, :h, :w] = sample["image"]
         masks[i, :h, :w] = sample["mask"]
-    out = {"image": images, "mask": masks, "name": [sample["name"] for sample in batch]}
+    out = {
+        "image": images,
+        "mask": masks,
+        "name": [sample["name"] for sample in batch],
+        # Where each image came from and its size before padding (the evaluation analysis).
+        "path": [sample.get("path", sample["name"]) for sample in batch],
+        "size": [tuple(sample["mask"].shape[-2:]) for sample in batch],
+    }
     if skipped:
         out["skipped"] = skipped
     return out

@@ -55,6 +55,25 @@ def overlay(
     return out
 
 
+# The error map: right pixels show the image in light grey, wrong ones red, ignored white.
+ERROR_COLOURS = {"correct": (200, 200, 200), "wrong": (230, 0, 0)}
+
+
+def error_map(
+    image: np.ndarray, mask: np.ndarray, prediction: np.ndarray, ignore_index: int | None
+) -> np.ndarray:
+    """Where the prediction is right (the image, light grey) or wrong (red); ``ignore_index``
+    pixels white: (H, W, 3) uint8."""
+    mask = np.asarray(mask)
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+    out = np.repeat(0.4 * grey + 0.6 * 255, 3, axis=2)  # light, so that red stands out
+    wrong = np.asarray(prediction) != mask
+    out[wrong] = 0.2 * out[wrong] + 0.8 * np.array(ERROR_COLOURS["wrong"], np.float32)
+    if ignore_index is not None:
+        out[mask == ignore_index] = IGNORE_COLOUR
+    return out.round().astype(np.uint8)
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(B, 3, H, W) normalised float -> (B, H, W, 3) uint8 RGB, undoing ``Normalize(mean, std)``.
 

@@ -23,22 +23,40 @@ def data_config(cfg: DictConfig, model) -> DictConfig:
         resolve_num_classes(data_cfg, default=model.hparams.num_classes)
         return data_cfg
     if model.run_config and model.run_config.get("data"):
-        data_cfg = OmegaConf.create(model.run_config["data"])
-        generate = data_cfg.get("generate")
-        if generate is not None and generate.get("root"):
-            # A generated dataset is drawn again under this machine's data folder, never
-            # where a checkpoint from elsewhere says (it is data, not a place to write).
-            root = Path(cfg.paths.data_dir) / Path(str(generate.root)).name
-            generate.root = str(root)
-            if data_cfg.get("root") is not None:
-                data_cfg.root = str(root)
-        return data_cfg
+        return recorded_data(cfg, model.run_config["data"])
     from segexp.errors import UserError
 
     raise UserError(
         f"ckpt_path={cfg.ckpt_path} does not record its dataset; choose one with data=NAME "
         "(e.g. data=folder data.root=/my/data)"
     )
+
+
+def recorded_data(cfg: DictConfig, recorded) -> DictConfig:
+    """The checkpoint's dataset, read as plain data (``segexp.run.trust.checkpoint_data``):
+    nothing in it is built as it stands. A generated dataset is read from this machine's
+    data folder and never drawn again from the file's recipe (a checkpoint never makes
+    segexp write); when it is not there, the error gives the command line that draws it."""
+    from segexp.errors import UserError
+    from segexp.run.checkpoint import CheckpointError, checkpoint_data, trusted_packages
+
+    data, problems = checkpoint_data(recorded, trusted_packages(cfg))
+    if problems:  # load_module refused these already; never build them regardless
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: " + "; ".join(problems[:3]))
+    generated = data.pop("generated", None)
+    if generated is not None:
+        root = Path(cfg.paths.data_dir) / Path(str(data.get("root") or "shapes")).name
+        data["root"] = str(root)
+        if "dataset" in data:
+            data["dataset"]["root"] = str(root)
+        if not (root / "images").is_dir():
+            settings = " ".join(f"data.generate.{k}={v}" for k, v in sorted(generated.items()))
+            raise UserError(
+                f"ckpt_path={cfg.ckpt_path} was trained on a generated dataset, which is not in "
+                f"{root}; a checkpoint's recipe is never run. Draw it with the command's own "
+                f"config: add data=shapes {settings}"
+            )
+    return OmegaConf.create(data)
 
 
 def split_name(data: DictConfig, split: str) -> str | None:

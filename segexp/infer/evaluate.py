@@ -2,7 +2,10 @@
 
 The model config travels inside the checkpoint; without ``data=...`` the dataset it was
 trained on is used (``segexp.infer.checkpoint_data``). Prints a table and writes
-metrics.json, confusion.csv and confusion.png in the run folder.
+metrics.json, confusion.csv and confusion.png in the run folder, and, unless
+``analysis.enabled=false``, the analysis of the split: per-image scores, the worst
+images, confused pairs, Boundary IoU, recall by object size (the ``analysis`` callback of
+``conf/eval.yaml``, ``segexp.track.analysis``; this module only instantiates it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from segexp.infer.checkpoint_data import checkpoint_datamodule
+    from segexp.infer.postprocess import build_postprocess
     from segexp.run.checkpoint import load_module, trusted_packages
     from segexp.run.report import format_report, plot_confusion, write_confusion_csv
     from segexp.run.rundir import write_json, write_metadata
@@ -27,11 +31,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     overrides = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
     datamodule = checkpoint_datamodule(cfg, model, cfg.split, **overrides)
 
-    postprocess = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
+    # A CRF without tuned settings stops here, naming the tuning command (on another split).
+    postprocess = build_postprocess(cfg, "train" if cfg.split == "val" else "val")
     model.set_inference(instantiate(cfg.inference, postprocess=postprocess))
+    wanted = cfg.get("analysis") and cfg.analysis.get("enabled", True)
+    analysis = instantiate(cfg.analysis) if wanted else None
 
     write_metadata(run_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[])
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[analysis] if analysis else [])
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {k.replace("test/", f"{cfg.split}/", 1): v for k, v in metrics.items()}
@@ -47,7 +54,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     print(f"\ncheckpoint: {cfg.ckpt_path}  split: {cfg.split}  inference: {model.inference}")
     print(format_report(metrics, names, cfg.split, confmat))
+    if analysis is not None and analysis.report():
+        print(f"\n{analysis.report()}")
     print(f"\nrun folder: {run_dir.resolve()}")
-    for name in ("metrics.json", "confusion.csv", "confusion.png"):
-        print(f"  {name:<14} {(run_dir / name).resolve()}")
+    files = [run_dir / name for name in ("metrics.json", "confusion.csv", "confusion.png")]
+    for path in files + (analysis.files if analysis is not None else []):
+        print(f"  {path.name:<14} {path.resolve()}")
     return metrics

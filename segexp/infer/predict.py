@@ -58,6 +58,7 @@ def predict(cfg: DictConfig) -> dict:
 
     from segexp.data.datasets.base import DataError, read_image
     from segexp.data.viz import palette as default_palette
+    from segexp.infer.postprocess import build_postprocess
     from segexp.run.checkpoint import load_module, trusted_packages
 
     files = collect_inputs(str(cfg.input))
@@ -71,7 +72,7 @@ def predict(cfg: DictConfig) -> dict:
     num_classes = int(model.hparams.num_classes)
     mean = torch.tensor(model.hparams.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.hparams.std, device=device).view(1, 3, 1, 1)
-    postprocess = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
+    postprocess = build_postprocess(cfg)  # a CRF without tuned settings: refused
     inference = instantiate(cfg.inference, postprocess=postprocess)
 
     palette = np.array(cfg.palette, dtype=np.uint8) if cfg.palette else default_palette(num_classes)
@@ -94,6 +95,10 @@ def predict(cfg: DictConfig) -> dict:
         images: dict[str, tuple[np.ndarray, Path]] = {}
         for path, name in chunk:
             try:
+                too_big = oversized(path, cfg.get("max_pixels"))
+                if too_big:
+                    failed[str(path)] = too_big
+                    continue
                 images[name] = (read_image(path), path)
             except DataError as error:
                 failed[str(path)] = str(error).split(": ", 1)[-1]
@@ -107,7 +112,18 @@ def predict(cfg: DictConfig) -> dict:
             pixels = np.stack([images[name][0] for name in group])  # (B, H, W, 3) uint8
             batch = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() / 255.0
             batch = (batch - mean) / std
-            probs = inference.probs(model, batch, model.hparams.mean, model.hparams.std)
+            try:
+                probs = inference.probs(model, batch, model.hparams.mean, model.hparams.std)
+            except (MemoryError, RuntimeError) as error:  # CUDA's OutOfMemoryError included
+                text = str(error).lower()
+                if isinstance(error, RuntimeError) and "memory" not in text and "alloc" not in text:
+                    raise
+                for name in group:  # only these files fail
+                    failed[str(images[name][1])] = (
+                        f"out of memory at {pixels.shape[2]}x{pixels.shape[1]} "
+                        f"({type(error).__name__}); lower max_pixels or batch_size"
+                    )
+                continue
             labels = probs.argmax(dim=1).cpu().numpy()  # (B, C, H, W) -> (B, H, W)
             probs_np = probs.cpu().numpy() if cfg.save_probs else None
             for index, name in enumerate(group):
@@ -125,6 +141,25 @@ def predict(cfg: DictConfig) -> dict:
         for path, reason in failed.items():
             print(f"  {path}: {reason}", file=sys.stderr)
     return {"written": written, "failed": failed, "output": out_dir}
+
+
+def oversized(path: Path, max_pixels) -> str | None:
+    """Why ``path`` is over ``max_pixels`` (read from its header, before decoding), or None."""
+    if max_pixels is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:  # the header only: no pixels decoded
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None  # read_image reports unreadable files with its own message
+    if width * height <= int(max_pixels):
+        return None
+    return (
+        f"{width}x{height} = {width * height / 1e6:.1f} MP is over max_pixels={int(max_pixels)} "
+        "(memory grows with pixels x classes); resize it, or raise max_pixels=N (null: no limit)"
+    )
 
 
 def write_outputs(cfg, out_dir: Path, name: str, image, labels, palette, probs=None) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.errors import UserError
+from segexp.infer.analysis import confusion
 
 NO_CRF: dict[str, Any] = {"enabled": False}
 
@@ -52,13 +53,6 @@ def settings_grid(
             seen.add(key)
             settings.append(setting)
     return settings
-
-
-def confusion(pred: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int):
-    """(C, C) confusion matrix, rows target, columns prediction; ``ignore_index`` dropped."""
-    keep = (mask != ignore_index) & (mask >= 0) & (mask < num_classes)
-    index = mask[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def mean_iou(confmat: np.ndarray) -> float:

@@ -41,7 +41,7 @@ class PixelTerms:
     A ``WeightedSum`` hands one of these to every member that takes it (``ce_dice``: one
     log-softmax for both terms instead of a log-softmax and a softmax, one gather of each
     pixel's own class): the same values and gradients as computing them in each loss, at
-    about half the cost of the pair (BENCHMARKS.md, figure 3).
+    about half the cost of the pair (docs/benchmarks.md, figure 3).
     """
 
     def __init__(self, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:

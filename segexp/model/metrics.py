@@ -95,7 +95,7 @@ class EvalState(Metric):
     Target pixels equal to ``ignore_index`` (or outside ``[0, num_classes)``) are dropped
     in the same bincount as the rest: no boolean indexing per batch, which makes
     torchmetrics' MulticlassConfusionMatrix much slower on small CPU batches
-    (BENCHMARKS.md). States are sums, so DDP processes combine exactly.
+    (docs/benchmarks.md). States are sums, so DDP processes combine exactly.
     """
 
     full_state_update = False

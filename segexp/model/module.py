@@ -31,7 +31,7 @@ class SegModule(pl.LightningModule):
         pad_multiple: inputs are padded to this multiple and outputs cropped back;
             None: the multiple the network needs (``segexp.model.networks.required_multiple``).
         channels_last: keep the network's weights and its inputs in channels_last memory
-            format (NHWC). Same results; faster convolutions on a GPU (BENCHMARKS.md).
+            format (NHWC). Same results; faster convolutions on a GPU (docs/benchmarks.md).
     """
 
     def __init__(
@@ -93,14 +93,17 @@ class SegModule(pl.LightningModule):
             logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         # (B, C, H, W) -> (B, H, W); the loss is averaged with the matrix, not logged per step.
-        self.confmats[stage].update(argmax_classes(logits), batch["mask"], loss)
-        return logits
+        predictions = argmax_classes(logits)
+        self.confmats[stage].update(predictions, batch["mask"], loss)
+        return predictions
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The predicted classes (B, H, W): callbacks' ``on_test_batch_end`` gets them as
+        ``outputs`` (the evaluation analysis, ``segexp.track.analysis``)."""
+        return self._eval_step(batch, "test")
 
     def _log_scores(self, stage: str) -> None:
         confmat = self.confmats[stage]
@@ -111,7 +114,7 @@ class SegModule(pl.LightningModule):
         scores.update(flat_scores(matrix, self.class_names, stage))
         confmat.reset()
         # One self.log (the progress bar's figure); Lightning's ~1 ms per self.log call would
-        # cost more than the metrics themselves on small images (BENCHMARKS.md, figure 3). The
+        # cost more than the metrics themselves on small images (docs/benchmarks.md, figure 3). The
         # others go to the loggers once, as Lightning would write them (step, epoch), and to
         # callback_metrics, which checkpoint/early-stopping monitors and metrics.json read.
         headline = f"{stage}/mIoU"
@@ -143,9 +146,18 @@ class SegModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        trainer = self._trainer
+        if trainer is not None:  # train/ and LR figures: a resume that trains no more keeps them
+            checkpoint["train_metrics"] = {
+                key: float(value)
+                for key, value in trainer.callback_metrics.items()
+                if not key.startswith(("val/", "test/")) and value.numel() == 1
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("run_config")
+        saved = checkpoint.get("train_metrics")
+        self.resumed_metrics: dict[str, float] = dict(saved) if isinstance(saved, dict) else {}
 
 
 def build_module(cfg: Any, datamodule: Any | None = None) -> SegModule:

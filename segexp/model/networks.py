@@ -176,7 +176,9 @@ class FCN(nn.Module):
     the final upsampling is fixed bilinear unless ``learn_final_upsample``.
 
     Args:
-        encoder_name / encoder_weights / in_channels: the smp encoder (depth 5, stride 32).
+        encoder_name: the smp encoder (depth 5, stride 32).
+        encoder_weights: its pretrained weights, or None.
+        in_channels: image channels.
         classes: number of output channels.
         variant: ``32s``, ``16s`` or ``8s``.
         head_channels: width of the conv3x3-BN-ReLU-dropout block on the stride-32

@@ -6,78 +6,41 @@ Trust model. A checkpoint is data, but two things in a ``.ckpt`` could run code:
    segexp loads every checkpoint with ``weights_only=True`` (tensors, numbers,
    strings, lists, dicts only), here and in ``train.py`` (``fit``/``test``), and
    writes only such types, so its own checkpoints always load that way.
-2. Config: the model config travels inside (``hyper_parameters``, ``run_config``)
-   and is built with ``hydra.utils.instantiate``, which calls whatever ``_target_``
-   names. ``check_trusted`` resolves every ``_target_`` to the object it names the
-   way Hydra does (import the module part, ``getattr`` the rest) without calling
-   anything, and accepts it only if that very object (``is``) is one of
-   ``allowed_callables()``: segexp's builders, losses, data module and datasets,
-   albumentations transforms, torch optimizers and losses, smp architectures. A
-   name is never trusted for its prefix: ``segexp.run.checkpoint.os.system`` names
-   ``os.system`` and is refused. A target whose top-level module is not one of
-   ``KNOWN_PACKAGES`` is refused before anything is imported. Also refused:
-   non-string targets, ``_args_``, ``_recursive_``, ``_convert_`` and any other
-   underscore key, and ``${...}`` interpolations (a resolver such as ``oc.decode``
-   could build a ``_target_`` the check never saw).
+2. Config: the model config travels inside (``hyper_parameters``) and is built with
+   ``hydra.utils.instantiate``. ``check_trusted`` accepts it only if every ``_target_``
+   is, by identity, on the list of the slot it sits in (``segexp.run.trust``: networks in
+   ``net``, losses in ``loss``...; pure constructors only), and the data side
+   (``run_config.data``) reads as plain data (``segexp.run.trust.checkpoint_data``),
+   which is all a command ever builds from it.
 
-So loading a checkpoint from someone else cannot run code beyond those
-constructors. It can still hold bad weights: evaluate before you rely on it.
+So loading a checkpoint from someone else cannot run code beyond those constructors,
+nor write a file. It can still hold bad weights: evaluate before you rely on it.
 
 Your own classes. Trust is decided by whoever loads, never by the file: the loading
 command's ``trust=[mylab]`` (or the user project's own package, ``segexp.project``)
-names packages whose classes and functions a checkpoint may build too. A target is
-accepted only if the object it resolves to is a class or function *defined in* one of
-those packages (its own ``__module__``): ``mylab.os.system`` is ``os.system`` and is
-still refused. A checkpoint that lists packages to trust inside itself gains nothing:
-nothing in the file is read for that.
+names packages whose classes and functions a checkpoint may build too (defined in
+them, by their own ``__module__``: ``mylab.os.system`` is still refused).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from segexp.errors import UserError
-
-# Top-level modules a checkpoint's ``_target_`` may name; any other is refused unimported.
-KNOWN_PACKAGES = frozenset({"segexp", "torch", "segmentation_models_pytorch", "albumentations"})
-# Hydra keys a checkpoint's config may use; every other ``_name_`` key is refused.
-HYDRA_KEYS = frozenset({"_target_", "_partial_"})
-# Arguments that name a class by dotted path (``build_optimizer`` imports it itself).
-DOTTED_PATH_ARGS = frozenset({"optimizer_class"})
-# albumentations transforms that take callables or read files; never built from a checkpoint.
-UNSAFE_TRANSFORMS = frozenset(
-    {
-        "Lambda",
-        "FDA",
-        "HistogramMatching",
-        "PixelDistributionAdaptation",
-        "TemplateTransform",
-        "TextImage",
-        "OverlayElements",
-        "Mosaic",
-        "Equalize",
-    }
+from segexp.run.trust import (  # noqa: F401 (re-exported)
+    UNTRUSTED_MODULE,
+    allowed_callables,
+    checkpoint_data,
+    model_problems,
+    untrusted_targets,
 )
-
-
-# The packages a refusal names: ``module 'mylab' is not one segexp builds checkpoints from``.
-_UNTRUSTED_MODULE = re.compile(r"module '([A-Za-z_][A-Za-z0-9_]*)' is not one segexp builds")
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, untrusted, or does not fit the config."""
-
-
-class _Refused(Exception):
-    """Why one ``_target_`` is not trusted (becomes part of a CheckpointError)."""
 
 
 def trusted_packages(cfg: Any) -> list[str]:
@@ -97,180 +60,22 @@ def trusted_packages(cfg: Any) -> list[str]:
     return sorted(set(names))
 
 
-def _in_packages(module: str, packages: Sequence[str]) -> bool:
-    return any(module == package or module.startswith(package + ".") for package in packages)
-
-
-def _defined_in(obj: Any, packages: Sequence[str]) -> bool:
-    """True when ``obj`` is a class or function whose own module is in ``packages``: a
-    re-export (``mylab.os.system``) keeps the module it was defined in and is not."""
-    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-        return False
-    module = getattr(obj, "__module__", None)
-    return isinstance(module, str) and _in_packages(module, packages)
-
-
-def _classes(module: ModuleType, base: type, skip: frozenset[str] = frozenset()) -> list[type]:
-    return [
-        value
-        for name, value in vars(module).items()
-        if inspect.isclass(value) and issubclass(value, base) and name not in skip
-    ]
-
-
-@functools.cache
-def allowed_callables() -> dict[int, Any]:
-    """``id -> object`` of every callable a checkpoint's config may name (compared with ``is``)."""
-    import albumentations
-    import segmentation_models_pytorch as smp
-    import torch
-    from albumentations.core.transforms_interface import BasicTransform
-
-    from segexp.data import datasets, shapes
-    from segexp.data.datamodule import SegDataModule
-    from segexp.model import losses, networks, optim
-
-    allowed: list[Any] = [
-        networks.build_model,
-        networks.FCN,
-        optim.build_optimizer,
-        optim.poly,
-        optim.cosine,
-        optim.onecycle,
-        losses.CrossEntropyLoss,
-        losses.DiceLoss,
-        losses.TverskyLoss,
-        losses.FocalLoss,
-        losses.LovaszSoftmaxLoss,
-        losses.WeightedSum,
-        SegDataModule,
-        datasets.FolderDataset,
-        datasets.VOCDataset,
-        datasets.COCODataset,
-        datasets.CityscapesDataset,
-        datasets.ADE20KDataset,
-        shapes.generate_shapes,
-        *smp.MODEL_ARCHITECTURES_MAPPING.values(),
-        *_classes(albumentations, BasicTransform, UNSAFE_TRANSFORMS),
-        *_classes(torch.optim, torch.optim.Optimizer, frozenset({"Optimizer"})),
-        *_classes(torch.nn, torch.nn.modules.loss._Loss),
-    ]
-    return {id(obj): obj for obj in allowed}
-
-
-def resolve_target(target: str, trust: Sequence[str] = ()) -> Any:
-    """The object a dotted ``_target_`` names, found as Hydra finds it, without calling it.
-
-    Raises _Refused for a module outside KNOWN_PACKAGES and ``trust`` (before importing
-    it) or a name that does not resolve.
-    """
-    parts = target.split(".")
-    if not all(part.isidentifier() for part in parts):
-        raise _Refused("it is not a dotted Python name")
-    if parts[0] not in KNOWN_PACKAGES and not _in_packages(target, trust):
-        raise _Refused(
-            f"module {parts[0]!r} is not one segexp builds checkpoints from "
-            f"({', '.join(sorted(KNOWN_PACKAGES))}) nor one this command trusts "
-            f"(trust={list(trust)})"
-        )
-    try:
-        obj: Any = importlib.import_module(parts[0])
-        for position in range(1, len(parts)):
-            try:
-                obj = getattr(obj, parts[position])
-            except AttributeError:
-                if not isinstance(obj, ModuleType):
-                    raise
-                obj = importlib.import_module(".".join(parts[: position + 1]))
-    except Exception as error:  # ImportError, AttributeError, or an import that fails oddly
-        raise _Refused(f"it does not resolve ({type(error).__name__}: {error})") from None
-    return obj
-
-
-def _describe_object(obj: Any) -> str:
-    module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    return f"{module}.{name}" if module and name else type(obj).__name__
-
-
-def _check_target(target: Any, allowed: Mapping[int, Any], trust: Sequence[str]) -> None:
-    if not isinstance(target, str):
-        raise _Refused(f"a _target_ must be a dotted name, not a {type(target).__name__}")
-    obj = resolve_target(target, trust)
-    if allowed.get(id(obj)) is obj or _defined_in(obj, trust):
-        return
-    trusted = f" or a class or function defined in {', '.join(trust)}" if trust else ""
-    raise _Refused(
-        f"it names {_describe_object(obj)}, which is not one of the callables segexp builds "
-        "from a checkpoint (model builders, losses, optimizers and schedulers, the data module, "
-        f"datasets, albumentations transforms){trusted}"
-    )
-
-
-def _problems(
-    node: Any, key: str, allowed: Mapping[int, Any], trust: Sequence[str]
-) -> Iterator[str]:
-    """``key: why`` for everything in a nested config that instantiating it could misuse."""
-    if isinstance(node, str):
-        if "${" in node:
-            yield f"{key}={node!r}: an interpolation, which could build code when resolved"
-        return
-    if isinstance(node, (list, tuple)):
-        for position, value in enumerate(node):
-            yield from _problems(value, f"{key}[{position}]", allowed, trust)
-        return
-    if not isinstance(node, Mapping):
-        return
-    for name, value in node.items():
-        path = f"{key}.{name}" if key else str(name)
-        if not isinstance(name, str):
-            yield f"{path}: a non-string key"
-            continue
-        if "${" in name:
-            yield f"{path}: an interpolation in a key"
-        elif name == "_target_":
-            try:
-                _check_target(value, allowed, trust)
-            except _Refused as why:
-                yield f"{path}={value!r}: {why}"
-        elif name == "_partial_":
-            if not isinstance(value, bool):
-                yield f"{path}={value!r}: _partial_ must be true or false"
-            elif "_target_" not in node:
-                yield f"{path}: _partial_ without a _target_"
-        elif name.startswith("_") and name.endswith("_"):
-            yield (
-                f"{path}: Hydra's {name} is not used by segexp configs and could change what "
-                "gets called"
-            )
-        elif name in DOTTED_PATH_ARGS and "_target_" in node:
-            try:
-                _check_target(value, allowed, trust)
-            except _Refused as why:
-                yield f"{path}={value!r}: {why}"
-        yield from _problems(value, path, allowed, trust)
-
-
-def untrusted_targets(node: Any, key: str = "", trust: Sequence[str] = ()) -> list[str]:
-    """Every problem (``key: why``) in a nested config that would make instantiating it unsafe."""
-    return list(_problems(node, key, allowed_callables(), tuple(trust)))
-
-
 def check_trusted(
     checkpoint: Mapping[str, Any], path: str | os.PathLike, trust: Sequence[str] = ()
 ) -> None:
     """Refuse a checkpoint whose configs would instantiate anything but ``allowed_callables()``
     and the classes and functions defined in the ``trust`` packages."""
-    bad = untrusted_targets(checkpoint.get("hyper_parameters") or {}, "hyper_parameters", trust)
-    # Of the run's full config, only the dataset is ever built from a checkpoint (evaluate.py).
+    hparams = checkpoint.get("hyper_parameters") or {}
+    bad = model_problems(hparams, trust) if isinstance(hparams, Mapping) else []
+    # The data side is never built as it stands: only its plain reading (checkpoint_data).
     run_config = checkpoint.get("run_config") or {}
     if not isinstance(run_config, Mapping):
         bad.append(f"run_config: a {type(run_config).__name__}, not a config")
-    else:
-        bad += untrusted_targets(run_config.get("data") or {}, "run_config.data", trust)
+    elif run_config.get("data"):
+        bad += checkpoint_data(run_config["data"], trust)[1]
     if bad:
         listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
-        packages = sorted({m for m in _UNTRUSTED_MODULE.findall("\n".join(bad))})
+        packages = sorted({m for m in UNTRUSTED_MODULE.findall("\n".join(bad))})
         fix = (
             f"if the file is yours and builds your own code, add trust=[{','.join(packages)}] to "
             "the command line (or run inside your segexp project, which trusts its own package)"

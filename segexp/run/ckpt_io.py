@@ -175,11 +175,26 @@ class RunCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.strategy.restore_checkpoint_after_setup:
             self._drop_untracked(trainer)
+            self._check_best(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if trainer.strategy.restore_checkpoint_after_setup:
             self._drop_untracked(trainer)
+            self._check_best(trainer)
+
+    def _check_best(self, trainer: pl.Trainer) -> None:
+        """Say before the first resumed step when the best file the resumed state names is
+        gone: a better epoch replaces it, else the test stage uses the final weights."""
+        best = self.best_model_path
+        if trainer.ckpt_path and best and not os.path.isfile(best) and trainer.is_global_zero:
+            print(
+                f"segexp: resume: the best checkpoint {best} is gone; training goes on, and "
+                "the test stage will use a better epoch's checkpoint if one is saved, else "
+                "the final weights (last.ckpt)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _drop_untracked(self, trainer: pl.Trainer) -> None:
         prefix = (self.filename or "").split("{", 1)[0]

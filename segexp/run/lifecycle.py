@@ -78,6 +78,8 @@ def prepare(cfg: DictConfig) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; write metrics.json; return the final metrics."""
+    import sys
+
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -121,12 +123,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # the last epoch (a SLURM requeue or a kill there). Validate the final weights, which
         # is what the last epoch's validation measured, so metrics.json still has val/ figures.
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")
-    }
+    # A resume that trained no more steps logged no train/ figures: the checkpoint's stand in.
+    metrics = {k: v for k, v in getattr(model, "resumed_metrics", {}).items() if cfg.ckpt_path}
+    metrics.update(
+        {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    )
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and not Path(best).is_file():  # deleted before a resume= (said at fit start)
+            if trainer.is_global_zero:
+                print(
+                    f"segexp: the best checkpoint {best} is gone: testing the final weights "
+                    "(last.ckpt) instead",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            best = ""
         # verbose=False: the metrics are printed once, by print_summary below
         trainer.test(
             model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False

@@ -96,6 +96,35 @@ class UniqueRunDirs(Callback):
         self.__dict__.update(state)
         register_run_dir_resolver()
 
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        """Before Hydra creates the run folder or its log file: a folder that cannot be
+        written is one line and exit 2 (Hydra would print a traceback)."""
+        problem = unwritable_run_dir(config)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+
+def unwritable_run_dir(config: Any) -> str | None:
+    """Why the run folder ``hydra.run.dir`` of ``config`` cannot be written, or None."""
+    fix = (
+        "resume= writes into the run folder (checkpoints, logs, metrics.json): copy it to a "
+        "writable place and resume the copy"
+        if config.get("resume")
+        else "choose a writable place with hydra.run.dir=PATH (or run from a writable folder)"
+    )
+    try:
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # unique_dir: mkdir
+    except OSError as error:
+        return f"cannot create the run folder ({error.strerror}: {error.filename}); {fix}."
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    where = run_dir if existing == run_dir else f"{existing} (where {run_dir} would be created)"
+    return f"the run folder {where} cannot be written (read-only, not a folder, or no permission); {fix}."
+
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` atomically: readers see the old file or the whole new one, never a part."""

@@ -10,7 +10,10 @@ columns, and writes beside it (or under ``--out``): ``compare.csv``,
 varies) and ``learning_curves.png`` (the best k runs, from ``csv/metrics.csv``);
 with ``--html`` one self-contained page (``segexp.track.html``): the table sortable by
 any column, the differing overrides, per-class IoU side by side, the curves and the
-validation examples of the best k runs.
+validation examples of the best k runs. When exactly two runs hold ``per_image.csv``
+(``segexp eval``'s analysis), ``image_changes.csv`` and the page list the images that got
+better or worse most, the first folder given being the baseline
+(``segexp.track.image_changes``).
 Reading the run folders is ``segexp.track.runs``, the plots ``segexp.track.compare_plots``,
 the command line ``segexp.cli.compare``; ``segexp.track.sweeps.SweepSummary`` does the same
 at the end of every multirun, ``compare.html`` included.
@@ -28,6 +31,12 @@ from typing import Any
 
 from segexp.errors import UserError
 from segexp.track.compare_plots import plot_learning_curves, plot_metric_vs_params
+from segexp.track.image_changes import (
+    PER_IMAGE,
+    changes_markdown,
+    image_changes,
+    write_changes_csv,
+)
 from segexp.track.runs import format_value, load_runs, metric_value, sort_runs, split_params
 
 log = logging.getLogger(__name__)
@@ -80,8 +89,10 @@ def write_html(
     varying: Sequence[str],
     common: dict[str, Any],
     roots: Sequence[str | Path] = (),
+    changes: dict[str, Any] | None = None,
 ) -> Path:
     """The self-contained comparison page (``segexp.track.html``), written atomically."""
+    from segexp.track.analysis_page import changes_section
     from segexp.track.html import MAX_CURVES, render_page
 
     buffer = io.BytesIO()
@@ -98,6 +109,7 @@ def write_html(
         common=common,
         curves_png=buffer.getvalue() if curves is not None else None,
         top_k=top_k,
+        image_changes=changes_section(changes),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -127,6 +139,7 @@ def compare(
     if not roots:
         raise UserError("compare: no folder given")
     root, runs = load_runs(roots)
+    analysed = [r for r in runs if (r["dir"] / PER_IMAGE).is_file()]  # in the order given
     runs = sort_runs(runs, metric, mode)
     if not any(metric_value(r, metric) is not None for r in runs):
         known = sorted({k for r in runs for k in r["metrics"]})
@@ -142,11 +155,19 @@ def compare(
             f"{k}={format_value(v)}" for k, v in common.items()
         )
 
+    changes = image_changes(*analysed) if len(analysed) == 2 else None
+    if changes:
+        markdown += "\n\n" + changes_markdown(changes)
+    elif len(analysed) > 2:
+        log.warning("compare: per-image changes need exactly two runs with %s", PER_IMAGE)
+
     out = Path(out) if out else root
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "compare.csv", columns, rows)
     (out / "compare.md").write_text(markdown + "\n")
     files = [out / "compare.csv", out / "compare.md"]
+    if changes:
+        files.append(write_changes_csv(out / "image_changes.csv", changes))
     if plots:
         files += [
             p
@@ -158,7 +179,19 @@ def compare(
         ]
     if html:
         files.append(
-            write_html(Path(html), runs, metric, mode, top_k, columns, rows, varying, common, roots)
+            write_html(
+                Path(html),
+                runs,
+                metric,
+                mode,
+                top_k,
+                columns,
+                rows,
+                varying,
+                common,
+                roots,
+                changes,
+            )  # fmt: skip
         )
     return {
         "markdown": markdown,

@@ -1,8 +1,11 @@
 """One self-contained HTML page that compares runs (``python -m segexp.compare ... --html``).
 
 Nothing is fetched when the page opens: the style and the script are inline and every
-picture is a base64 ``data:`` URI. The page holds the runs table (click a header to sort;
-``report.html#sort=<column>`` or ``#sort=-<column>`` sorts on load, ``-`` for descending),
+picture is a base64 ``data:`` URI. The style, the sorting script, ``cell`` and
+``sortable_table`` serve the evaluation analysis page too (``segexp.track.analysis_page``):
+every ``table.sortable`` sorts by a click on a header, and ``page.html#sort=<column>`` (or
+``#sort=-<column>``, descending) sorts the page's first one (here the runs) on load.
+The page holds the runs table,
 the overrides that differ and those every run shares, the per-class IoU of the runs side
 by side with the best value of each class marked, the learning curves overlaid, and the
 validation examples (``val/examples/``) of the best runs side by side.
@@ -36,11 +39,15 @@ td.best { background: #d6f5d6; font-weight: bold; }
 .muted { color: #666; font-size: 0.9em; }
 .examples { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
 .examples figure { margin: 0; } .examples img { max-width: 340px; border: 1px solid #ccc; }
+.examples.wide img { max-width: 760px; }
+.examples.wide figure { display: table; }  /* the picture sets the width; the caption wraps */
+.examples.wide figcaption { display: table-caption; caption-side: top; overflow-wrap: anywhere; }
 figcaption { font-size: 0.85em; margin-bottom: 0.3em; }
 img.plot { max-width: 100%; }
 """
 
-# Sort the runs table by a column; the hash (#sort=col or #sort=-col) picks one on load.
+# Every table.sortable sorts by a click on a header; the hash (#sort=col or #sort=-col)
+# sorts the page's first one on load.
 SCRIPT = """
 function sortTable(table, col, desc) {
   const body = table.tBodies[0];
@@ -66,8 +73,10 @@ function sortTable(table, col, desc) {
   });
   table.setAttribute("data-sorted", table.tHead.rows[0].cells[col].getAttribute("data-col") + (desc ? ":desc" : ":asc"));
 }
+function mainTable() { return document.querySelector("table.sortable"); }
 function sortByName(name) {
-  const table = document.getElementById("runs");
+  const table = mainTable();
+  if (!table) return;
   const desc = name.startsWith("-");
   const wanted = desc ? name.slice(1) : name;
   const ths = Array.from(table.tHead.rows[0].cells);
@@ -75,12 +84,15 @@ function sortByName(name) {
   if (col >= 0) sortTable(table, col, desc);
 }
 document.addEventListener("DOMContentLoaded", () => {
-  const table = document.getElementById("runs");
-  Array.from(table.tHead.rows[0].cells).forEach((th, i) => {
-    th.addEventListener("click", () => {
-      const desc = th.classList.contains("sorted-asc");
-      sortTable(table, i, desc);
-      history.replaceState(null, "", "#sort=" + (desc ? "-" : "") + encodeURIComponent(th.getAttribute("data-col")));
+  document.querySelectorAll("table.sortable").forEach((table) => {
+    Array.from(table.tHead.rows[0].cells).forEach((th, i) => {
+      th.addEventListener("click", () => {
+        const desc = th.classList.contains("sorted-asc");
+        sortTable(table, i, desc);
+        if (table === mainTable()) {
+          history.replaceState(null, "", "#sort=" + (desc ? "-" : "") + encodeURIComponent(th.getAttribute("data-col")));
+        }
+      });
     });
   });
   const match = /(?:^|[#&?])sort=([^&]+)/.exec(location.hash || location.search);
@@ -97,8 +109,10 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """A table cell: numbers carry their value (data-v) for sorting, text is left-aligned."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # a numpy scalar: its Python number (repr without np.float64)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return '<td data-v=""></td>'
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -108,22 +122,38 @@ def _cell(value: Any) -> str:
     return f'<td data-v="{value!r}">{html.escape(shown)}</td>'
 
 
-def runs_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def sortable_table(
+    table_id: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    row_attributes: Sequence[str] | None = None,
+) -> str:
+    """A table that sorts by a click on a header (``SCRIPT``); ``row_attributes``: the
+    attributes of each ``<tr>``, already escaped."""
     head = "".join(
         f'<th data-col="{html.escape(c, quote=True)}" title="sort by {html.escape(c)}">'
         f"{html.escape(c)}</th>"
         for c in columns
     )
-    status = list(columns).index("status") if "status" in columns else None
-    body = []
-    for row in rows:
-        state = html.escape(str(row[status])) if status is not None else ""
-        cells = "".join(_cell(v) for v in row)
-        body.append(f'<tr class="{state}" data-run="{html.escape(str(row[1]))}">{cells}</tr>')
-    return (
-        f'<table id="runs" data-sorted=""><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
+    attributes = row_attributes or [""] * len(rows)
+    body = "".join(
+        f"<tr{(' ' + extra) if extra else ''}>{''.join(cell(v) for v in row)}</tr>"
+        for row, extra in zip(rows, attributes)
     )
+    return (
+        f'<table id="{html.escape(table_id, quote=True)}" class="sortable" data-sorted="">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def runs_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    status = list(columns).index("status") if "status" in columns else None
+    attributes = [
+        f'class="{html.escape(str(row[status])) if status is not None else ""}" '
+        f'data-run="{html.escape(str(row[1]))}"'
+        for row in rows
+    ]
+    return sortable_table("runs", columns, rows, attributes)
 
 
 def overrides_section(
@@ -209,6 +239,16 @@ def per_class_table(runs: Sequence[dict[str, Any]], metric: str) -> str:
     )
 
 
+def figure(picture: Path, caption: str) -> str:
+    """One inline picture with its caption (escaped); a missing file: the caption alone."""
+    text = html.escape(caption)
+    if not picture.is_file():
+        return f"<figure><figcaption>{text} (no picture)</figcaption></figure>"
+    alt = html.escape(caption, quote=True)
+    source = data_uri(picture.read_bytes())
+    return f'<figure><figcaption>{text}</figcaption><img alt="{alt}" src="{source}"></figure>'
+
+
 def latest_examples(run_dir: Path) -> Path | None:
     """The run's last ``val/examples/epoch_NNN.png``, or None."""
     pictures = sorted((Path(run_dir) / EXAMPLES_SUBDIR).glob("epoch_*.png"))
@@ -223,12 +263,7 @@ def examples_section(runs: Sequence[dict[str, Any]], metric: str, top_k: int) ->
             continue
         value = run["metrics"].get(metric)
         score = f" ({metric} {value:.4f})" if isinstance(value, (int, float)) else ""
-        caption = f"{run['run']}{score}, {picture.stem.replace('_', ' ')}"
-        figures.append(
-            f"<figure><figcaption>{html.escape(caption)}</figcaption>"
-            f'<img alt="{html.escape(caption, quote=True)}" src="{data_uri(picture.read_bytes())}">'
-            "</figure>"
-        )
+        figures.append(figure(picture, f"{run['run']}{score}, {picture.stem.replace('_', ' ')}"))
     if not figures:
         return '<p class="muted">No run has val/examples/ pictures.</p>'
     return f'<div class="examples">{"".join(figures)}</div>'
@@ -246,6 +281,7 @@ def render_page(
     common: dict[str, Any],
     curves_png: bytes | None,
     top_k: int,
+    image_changes: str = "",
 ) -> str:
     curves = (
         f'<img class="plot" alt="learning curves" src="{data_uri(curves_png)}">'
@@ -267,6 +303,13 @@ def render_page(
         f"<h2>Validation examples, best {top_k}</h2>",
         examples_section(runs, metric, top_k),
     ]
+    if image_changes:
+        sections += ["<h2>Per-image changes</h2>", image_changes]
+    return page(title, sections)
+
+
+def page(title: str, sections: Sequence[str]) -> str:
+    """A whole self-contained page: the style and the sorting script, then ``sections``."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style>"

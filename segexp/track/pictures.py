@@ -1,7 +1,8 @@
 """The pictures every run leaves in its folder, whatever its logger.
 
-``example_grid`` draws validation images as rows of image | ground truth | prediction with
-a legend of the classes shown (the colours of ``segexp.data.viz``); ``SegImageLogger``
+``example_grid`` draws validation images as rows of image | ground truth | prediction (and,
+for the evaluation analysis, an error map and a caption per row) with a legend of the
+classes shown (the colours of ``segexp.data.viz``); ``SegImageLogger``
 (``segexp.track.callbacks``) saves it as ``val/examples/epoch_NNN.png`` and sends the same
 grid to W&B, TensorBoard and MLflow. ``plot_curves`` draws ``curves.png`` (losses, val
 mIoU, learning rate per epoch). Confusion matrices are ``segexp.run.report``'s.
@@ -19,9 +20,11 @@ import numpy as np
 
 EXAMPLES_SUBDIR = Path("val") / "examples"  # in a run folder: epoch_NNN.png
 COLUMNS = ("image", "ground truth", "prediction")
+ERRORS_COLUMN = "errors"  # right / wrong / ignored (segexp.data.viz.error_map)
 MIN_TILE = 128  # small images are enlarged (nearest neighbour) to at least this width
 GAP = 4  # pixels between tiles
 HEADER = 22  # height of the column titles
+CAPTION = 18  # height of a row's caption
 SWATCH = 14  # side of a legend colour square
 LEGEND_ROW = 20  # height of one legend line
 BACKGROUND = (255, 255, 255)
@@ -73,15 +76,19 @@ def example_grid(
     class_names: Sequence[str],
     ignore_index: int | None = None,
     title: str = "",
+    errors: bool = False,
+    captions: Sequence[str] | None = None,
 ) -> np.ndarray:
     """One row per image: image | ground truth | prediction, then a legend: (H, W, 3) uint8.
 
     ``images`` is (B, H, W, 3) uint8 RGB, ``masks`` and ``predictions`` (B, H, W) class
     indices. Masks are drawn over the image in the class colours; ignored pixels white.
+    ``errors`` adds a fourth column, the error map (right green, wrong red, ignored
+    white); ``captions`` puts one line of text above each row.
     """
     from PIL import Image, ImageDraw
 
-    from segexp.data.viz import overlay, palette
+    from segexp.data.viz import ERROR_COLOURS, error_map, overlay, palette
 
     images, masks, predictions = np.asarray(images), np.asarray(masks), np.asarray(predictions)
     if images.ndim != 4 or len(images) == 0:
@@ -93,8 +100,13 @@ def example_grid(
     tile_h, tile_w = height * factor, width * factor
     colours = palette(max(len(class_names), 1))
     entries = legend_entries([masks, predictions], class_names, ignore_index)
+    columns = (*COLUMNS, ERRORS_COLUMN) if errors else COLUMNS
+    if errors:
+        entries += list(ERROR_COLOURS.items())
+    caption_h = CAPTION if captions else 0
+    row_h = caption_h + tile_h + GAP
 
-    grid_w = len(COLUMNS) * tile_w + (len(COLUMNS) + 1) * GAP
+    grid_w = len(columns) * tile_w + (len(columns) + 1) * GAP
     font = _font()
     # The legend wraps onto as many lines as the grid's width needs.
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -109,28 +121,33 @@ def example_grid(
     if line:
         lines.append(line)
     top = HEADER + (HEADER if title else 0)
-    grid_h = top + count * (tile_h + GAP) + len(lines) * LEGEND_ROW + GAP
+    grid_h = top + count * row_h + len(lines) * LEGEND_ROW + GAP
 
     canvas = Image.new("RGB", (grid_w, grid_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((GAP, 4), title, fill=(0, 0, 0), font=font)
-    for column, name in enumerate(COLUMNS):
+    for column, name in enumerate(columns):
         draw.text(
             (GAP + column * (tile_w + GAP), top - HEADER + 4), name, fill=(0, 0, 0), font=font
         )
     for row in range(count):
-        y = top + row * (tile_h + GAP)
+        y = top + row * row_h
+        if captions:
+            draw.text((GAP, y + 2), captions[row], fill=(0, 0, 0), font=font)
+            y += caption_h
         image = images[row]
-        tiles = (
+        tiles = [
             image,
             overlay(image, masks[row], colours, ALPHA, ignore_index),
             overlay(image, predictions[row], colours, ALPHA, ignore_index),
-        )
+        ]
+        if errors:
+            tiles.append(error_map(image, masks[row], predictions[row], ignore_index))
         for column, tile in enumerate(tiles):
             x = GAP + column * (tile_w + GAP)
             canvas.paste(Image.fromarray(_enlarge(tile, factor)), (x, y))
-    y = top + count * (tile_h + GAP)
+    y = top + count * row_h
     for line in lines:
         x = GAP
         for name, colour, item_w in line:
@@ -144,14 +161,17 @@ def example_grid(
     return np.asarray(canvas)
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file)."""
+def save_png(array: np.ndarray, path: str | os.PathLike, compress_level: int = 6) -> Path:
+    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file).
+
+    ``compress_level``: zlib's 0-9 (PIL's default 6); 1 writes several times faster."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    picture = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    picture.save(buffer, format="PNG", compress_level=compress_level)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,25 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
-    """One run: its name (path under root), status, overridden params and final metrics."""
+def load_run(run_dir: Path, root: Path) -> dict[str, Any] | None:
+    """One run: its name (path under root), status, overridden params and final metrics;
+    None, with a warning on stderr naming the file, when one of its files is unreadable."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    try:
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        if not isinstance(metrics, dict) or not isinstance(overrides or [], list):
+            raise ValueError("not the layout segexp writes")
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(
+            f"compare: warning: skipping {run_dir}: cannot read its metrics.json or "
+            f".hydra/overrides.yaml ({why})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
     if metrics_file.exists():
         status = "done"
     elif (run_dir / "error.txt").exists():
@@ -134,7 +148,9 @@ def load_runs(roots: Sequence[str | Path]) -> tuple[Path, list[dict[str, Any]]]:
         for run_dir in run_dirs:
             if run_dir.resolve() not in seen:
                 seen.add(run_dir.resolve())
-                runs.append(load_run(run_dir, base))
+                run = load_run(run_dir, base)
+                if run is not None:
+                    runs.append(run)
     return base, runs
 
 

@@ -60,11 +60,10 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
 
 def open_storage(url: str):
     """An optuna storage for ``url``: ``RDBStorage`` for a URL, ``JournalStorage`` on a file otherwise."""
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if "://" in url:
-        return optuna.storages.RDBStorage(url)
+        return _rdb_storage(url)
     path = Path(url)
     if path.is_dir():
         raise StudyConfigError(
@@ -73,6 +72,31 @@ def open_storage(url: str):
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str, attempts: int = 5):
+    """``RDBStorage(url)``, retried: sweep processes started together on an empty database
+    all create Optuna's tables, and all but one may fail on the same new table. A database
+    that cannot be opened is a StudyConfigError (the URL shown without its password)."""
+    import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except OperationalError as error:  # server unreachable, bad login, no such database
+            shown = make_url(url).render_as_string(hide_password=True)
+            why = str(error.orig or error).strip().splitlines()[0]
+            raise StudyConfigError(
+                f"hparams_search.storage={shown}: cannot open the database ({why}); check the "
+                "server, user, password and database name"
+            ) from error
+        except SQLAlchemyError:  # e.g. a table another process created a moment ago
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    return None  # attempts < 1
 
 
 def load_study(url: str, study_name: str, pruner: Any = None):

@@ -142,3 +142,38 @@ def test_entry_point_help_and_cfg_and_legacy_json(clean, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(report.read_text())["splits"] == {"train": 6, "val": 3, "test": 2}
+
+
+def save_rotated_photo(path, displayed: np.ndarray) -> np.ndarray:
+    """Save ``displayed`` as a phone does: pixels stored unrotated, EXIF Orientation=6 (the
+    viewer turns them 90 degrees clockwise). Returns the stored pixels."""
+    stored = np.rot90(displayed, k=1).copy()  # undo a clockwise turn: counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, exif=exif)
+    return stored
+
+
+def test_exif_orientation_is_applied_and_reported(clean, tmp_path, capsys):
+    """Issue 29: a phone photo with Orientation=6 loaded unrotated against a mask drawn on
+    the displayed image, and the check reported nothing."""
+    from segexp.data.datasets.base import read_image
+
+    root, _ = clean
+    image_path = root / "images" / "train" / "000.png"
+    mask = np.array(Image.open(root / "masks" / "train" / "000.png"))
+    rng = np.random.default_rng(3)
+    displayed = rng.integers(0, 256, size=(*mask.shape, 3), dtype=np.uint8)
+    stored = save_rotated_photo(image_path, displayed)
+    assert stored.shape[:2] != displayed.shape[:2]  # the test needs a non-square image
+    np.testing.assert_array_equal(read_image(image_path), displayed)
+    report_path = tmp_path / "report.json"
+    code = main(
+        ["data=folder", f"data.root={root}", "data.num_classes=3", "--json", str(report_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads(report_path.read_text())
+    assert not report["errors"], report["errors"]
+    warning = " ".join(report["warnings"])
+    assert "images/train/000.png (Orientation=6)" in warning and "applies it" in warning

@@ -289,3 +289,44 @@ def test_num_classes_disagreement_or_no_source_is_one_clear_error(compose_cfg, t
     filled = OmegaConf.create({"data": {"num_classes": 4}})
     record_config(saved.parent.parent, filled, None)
     assert saved.read_text() == "data:\n  num_classes: 4\n  root: /x\nseed: 1\n"
+
+
+def _move_coco_images(root, split: str, names: list[str]) -> dict:
+    """Rename the split's annotated images to ``names`` (paths under the split folder)."""
+    json_path = root / "annotations" / f"instances_{split}.json"
+    coco = json.loads(json_path.read_text())
+    for info, name in zip(coco["images"], names, strict=False):
+        (root / split / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / split / info["file_name"]).rename(root / split / name)
+        info["file_name"] = name
+    json_path.write_text(json.dumps(coco))
+    return coco
+
+
+def test_coco_same_file_name_in_two_folders_keeps_two_masks(tmp_path):
+    """Issue 29: masks were cached by file stem, so b/frame.jpg trained on a/frame.jpg's mask."""
+    expected = fixtures.make_coco(tmp_path, counts={"val2017": 2})["val2017"]
+    coco = json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text())
+    truths = [expected[f"{info['id']:012d}"] for info in coco["images"][:2]]
+    _move_coco_images(tmp_path, "val2017", ["a/frame.jpg", "b/frame.jpg"])
+    dataset = COCODataset(str(tmp_path), "val2017", cache_dir=str(tmp_path / "cache"))
+    for index, truth in enumerate(truths):
+        dataset.load_mask(index)  # fills the cache; the second read below comes from it
+        mask = dataset.load_mask(index)
+        known = truth >= 0
+        np.testing.assert_array_equal(mask[known], truth[known])
+    assert not np.array_equal(truths[0], truths[1])
+
+
+def test_coco_rle_of_another_size_names_annotation_and_image(tmp_path):
+    fixtures.make_coco(tmp_path, counts={"val2017": 1})
+    json_path = tmp_path / "annotations" / "instances_val2017.json"
+    coco = json.loads(json_path.read_text())
+    rle = next(a for a in coco["annotations"] if isinstance(a["segmentation"], dict)
+               and isinstance(a["segmentation"]["counts"], str))  # fmt: skip
+    rle["segmentation"]["size"] = [rle["segmentation"]["size"][0] + 5, 7]
+    json_path.write_text(json.dumps(coco))
+    dataset = COCODataset(str(tmp_path), "val2017", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=rf"annotation id {rle['id']} has an RLE of size") as error:
+        dataset.load_mask(0)
+    assert coco["images"][0]["file_name"] in str(error.value)

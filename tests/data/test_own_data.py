@@ -92,7 +92,7 @@ def test_coco_export_with_custom_categories_trains_with_data_root_alone(tmp_path
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    # background first, then the categories sorted by id (README: "coco")
+    # background first, then the categories sorted by id (docs/data.md, "coco")
     for name in ("background", "rust", "hole", "crack", "dent", "scratch"):
         assert f"test/iou/{name}" in metrics, sorted(metrics)
     assert saved_config(run)["data"]["num_classes"] == 6  # 1 + the 5 categories

@@ -118,12 +118,12 @@ def synthetic_samples(seeds, noise: float):
 
 @pytest.mark.parametrize("noise", [0.0, 0.3])
 def test_tuner_never_worse_than_no_crf(tmp_path, crf, noise):
-    from segexp.infer.postprocess import write_params
+    from segexp.infer.postprocess import DenseCRF, write_params
     from segexp.infer.tune_crf import NO_CRF, score, settings_grid, tune
 
     samples = synthetic_samples([0, 1], noise)
     base = OmegaConf.to_container(OmegaConf.load(CONF / "postprocess" / "crf.yaml"))
-    base = {k: v for k, v in base.items() if k not in ("_target_", "params")}
+    base = {k: v for k, v in base.items() if k in DenseCRF.SETTINGS}  # as tune_crf takes them
     settings = settings_grid(
         base, {"bilateral_weight": [3.0, 10.0]}, [{"bilateral_weight": 0.1, "gaussian_weight": 0.1}]
     )

@@ -151,7 +151,7 @@ def test_eval_state_drops_an_ignore_index_that_is_also_a_class_id():
 
 def test_epoch_end_logs_every_figure_once_with_one_self_log(compose_cfg, monkeypatch):
     """All figures reach callback_metrics and the loggers once per epoch; only the headline
-    goes through Lightning's per-call self.log (the cost figure 3 of BENCHMARKS.md measures)."""
+    goes through Lightning's per-call self.log (the cost figure 3 of docs/benchmarks.md measures)."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers.logger import Logger
     from torch.utils.data import DataLoader

@@ -72,7 +72,7 @@ def attacks(marker: Path) -> dict[str, tuple[str, str, dict]]:
             "data",
             "generate",
             {
-                "_target_": "segexp.run.checkpoint.functools.partial",
+                "_target_": "segexp.run.trust.functools.partial",
                 "_args_": [
                     {"_target_": "segexp.run.checkpoint.os.system", "_partial_": True},
                     touch,
@@ -156,15 +156,16 @@ def test_trust_is_by_identity_not_by_name():
     refused = untrusted_targets({"_target_": "segexp.run.checkpoint.Path.write_text"}, "net")
     assert refused and "pathlib.Path.write_text" in refused[0]
     assert untrusted_targets({"_target_": "segexp.run.checkpoint.load_module"}, "net")
-    # The same allowed object under any name that reaches it passes.
-    for target in (
-        "segexp.data.datasets.FolderDataset",
-        "segexp.data.datasets.folder.FolderDataset",
-        "albumentations.HorizontalFlip",
-        "segmentation_models_pytorch.Unet",
-        "torch.nn.CrossEntropyLoss",
+    # The same allowed object under any name that reaches it passes, in its own slot only.
+    for target, slot in (
+        ("segexp.data.datasets.FolderDataset", "dataset"),
+        ("segexp.data.datasets.folder.FolderDataset", "dataset"),
+        ("albumentations.HorizontalFlip", "transforms"),
+        ("segexp.model.networks.build_model", "net"),
+        ("torch.nn.CrossEntropyLoss", "loss"),
     ):
-        assert untrusted_targets({"_target_": target}) == [], target
+        assert untrusted_targets({"_target_": target}, slot=slot) == [], target
+        assert untrusted_targets({"_target_": target}, slot="scheduler"), target
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,10 @@ def test_trust_is_by_identity_not_by_name():
     ],
 )
 def test_hydra_tricks_are_refused(config, why):
-    problems = untrusted_targets(config, "loss")
+    text = str(config)
+    slot = "optimizer" if "optim" in text else "transforms" if "albument" in text else "loss"
+    slot = "net" if "networks" in text else slot
+    problems = untrusted_targets(config, "loss", slot=slot)
     assert problems and why in problems[0], problems
 
 
@@ -265,3 +269,68 @@ def test_export_cli_refuses(name, good, tmp_path):
     )  # fmt: skip
     assert_refused(result, marker, attacks(marker)[name][1])
     assert not out.exists()
+
+
+def issue_payloads(root: Path, count: float) -> dict[str, tuple[str, str, object]]:
+    """The two allowlisted-writer payloads of issue 29: ``generate_shapes`` as the network, and
+    in the recorded train transforms, drawing ``count`` images under ``root``."""
+    generate = {
+        "_target_": "segexp.data.shapes.generate_shapes",
+        "root": str(root),
+        "num_train": count,
+        "num_val": 1,
+        "num_test": 1,
+    }
+    return {
+        "generate_as_net": ("hyper_parameters", "net", generate),
+        "generate_in_transforms": ("data", "train_transforms", [generate]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(issue_payloads(Path("m"), 1)))
+def test_issue_payloads_are_live(name, tmp_path):
+    """Built as Hydra would, each payload writes a dataset (the refusals below are not vacuous)."""
+    section, _, config = issue_payloads(tmp_path / "written", 1)[name]
+    try:
+        plain_instantiate(config)
+    except Exception:
+        pass
+    assert any((tmp_path / "written").rglob("*.png"))
+
+
+def payload_checkpoint(good: Path, name: str, root: Path) -> Path:
+    section, key, config = issue_payloads(root, 1e9)[name]
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    path = good.with_name(f"payload-{name}.ckpt")
+    torch.save(poison(checkpoint, section, key, config), path)
+    return path
+
+
+def commands(good: Path, evil: Path, tmp_path: Path) -> dict[str, list[str]]:
+    root = good.parent
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    return {
+        "evaluate": ["evaluate.py", f"ckpt_path={evil}", run],
+        "predict": [
+            "predict.py", f"ckpt_path={evil}", f"input={root / 'images' / 'test'}",
+            f"output={tmp_path / 'preds'}", run,
+        ],
+        "export": ["-m", "segexp.export", f"ckpt_path={evil}", f"output={tmp_path / 'm.onnx'}", run],
+        "tune-crf": ["-m", "segexp.tune_crf", f"ckpt_path={evil}", run],
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "tune-crf"])
+@pytest.mark.parametrize("name", sorted(issue_payloads(Path("m"), 1)))
+def test_issue_payloads_refused_by_every_command(name, command, good, tmp_path):
+    written = tmp_path / "written"
+    evil = payload_checkpoint(good, name, written)
+    result = run_script(*commands(good, evil, tmp_path)[command], timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    key = issue_payloads(written, 1)[name][1]
+    assert "error: ckpt_path=" in result.stderr and key in result.stderr, result.stderr[-2000:]
+    assert "generate_shapes" in result.stderr
+    assert not written.exists()
+    assert not (tmp_path / "preds").exists() and not (tmp_path / "m.onnx").exists()

@@ -170,17 +170,17 @@ def test_pruning_callback_reports_prunes_and_tells_the_study(tmp_path: Path) -> 
 N_TRIALS = 5
 
 
-def sweep_command(sweep_dir: Path, journal: Path, data_dir: Path) -> list[str]:
+def sweep_command(sweep_dir: Path, storage: Path | str, data_dir: Path, n_trials: int = N_TRIALS):
     return [
         sys.executable,
         "train.py",
         "hparams_search=optuna",
-        f"hydra.sweeper.n_trials={N_TRIALS}",
+        f"hydra.sweeper.n_trials={n_trials}",
         "~hydra.sweeper.params.model",  # keep the tiny default model
         "hparams_search.pruner=none",
         "hparams_search.heartbeat_interval=1",
         "hparams_search.grace_period=4",
-        f"hparams_search.storage={journal}",
+        f"hparams_search.storage='{storage}'",
         *TINY,
         "test=false",
         "callbacks.image_logger=null",
@@ -199,23 +199,15 @@ def finished_trials(sweep_dir: Path) -> set[str]:
     return {p.parent.name for p in sweep_dir.glob("*/metrics.json")}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # about a minute on a quiet 2-core machine
-def test_two_workers_share_one_study_and_a_killed_one_resumes(
-    tmp_path: Path, data_dir: Path, compose_cfg
-) -> None:
-    """Two sweeps on one journal file run N trials between them, none twice; one is killed
-    (SIGKILL) in the middle of a trial and started again: the study still ends with N
-    completed trials, the killed trial failed (interrupted) and its parameters re-run."""
-    from hydra.utils import instantiate
-
-    instantiate(compose_cfg().data.generate)()  # generated once, before two processes read it
-    journal = tmp_path / "study.journal"
-    dirs = {name: tmp_path / name for name in ("a", "b")}
+def share_and_kill(
+    storage: Path | str, tmp_path: Path, data_dir: Path, workers: int, n_trials: int
+):
+    """``workers`` sweeps on one study; the first is killed (SIGKILL) in the middle of its
+    second trial and started again. Returns (the killed trial's number, {worker: folder})."""
+    dirs = {name: tmp_path / name for name in "abcdefgh"[:workers]}
     logs = {name: tmp_path / f"{name}.log" for name in dirs}
-    procs = {
-        name: start(sweep_command(d, journal, data_dir), logs[name]) for name, d in dirs.items()
-    }
+    command = {name: sweep_command(d, storage, data_dir, n_trials) for name, d in dirs.items()}
+    procs = {name: start(command[name], logs[name]) for name in dirs}
     try:
         # Kill A while its second trial trains (folder created, no metrics yet).
         deadline = time.monotonic() + 600
@@ -230,32 +222,56 @@ def test_two_workers_share_one_study_and_a_killed_one_resumes(
                 os.kill(procs["a"].pid, signal.SIGKILL)
             time.sleep(0.2)
         procs["a"].wait(timeout=30)
-        procs["a"] = start(sweep_command(dirs["a"], journal, data_dir), logs["a"])
+        procs["a"] = start(command["a"], logs["a"])
         for name, proc in procs.items():
             assert proc.wait(timeout=600) == 0, logs[name].read_text()[-3000:]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+    return int(killed), dirs
 
-    study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
+
+def check_shared_study(study, killed: int, dirs: dict[str, Path], n_trials: int) -> None:
+    """N completed trials, the killed one failed (interrupted) and re-queued once with its
+    parameters, no trial run twice, every worker ran some, values as in metrics.json."""
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == N_TRIALS, studies.state_counts(trials)
-    interrupted = trials[int(killed)]
+    assert len(complete) == n_trials, studies.state_counts(trials)
+    interrupted = trials[killed]
     assert interrupted.state == TrialState.FAIL
     assert studies.INTERRUPTED_ATTR in interrupted.system_attrs
-    retries = [t for t in trials if t.user_attrs.get(studies.RETRY_OF_ATTR) == int(killed)]
+    retries = [t for t in trials if t.user_attrs.get(studies.RETRY_OF_ATTR) == killed]
     assert len(retries) == 1 and retries[0].params == interrupted.params
     # No trial ran twice: each completed trial has one folder with metrics, in one sweep folder.
     done = {name: finished_trials(d) for name, d in dirs.items()}
-    assert not done["a"] & done["b"], done
-    assert done["a"] | done["b"] == {str(t.number) for t in complete}, done
-    assert done["a"] and done["b"], done  # both worked
+    names = list(done)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not done[first] & done[second], done
+    assert set().union(*done.values()) == {str(t.number) for t in complete}, done
+    assert all(done.values()), done  # every worker worked
     for trial in complete:
-        folder = dirs["a" if str(trial.number) in done["a"] else "b"] / str(trial.number)
-        value = json.loads((folder / "metrics.json").read_text())["val/mIoU"]
-        assert math.isclose(value, trial.value, rel_tol=1e-6)
+        owner = next(name for name in names if str(trial.number) in done[name])
+        value = json.loads((dirs[owner] / str(trial.number) / "metrics.json").read_text())
+        assert math.isclose(value["val/mIoU"], trial.value, rel_tol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute on a quiet 2-core machine
+def test_two_workers_share_one_study_and_a_killed_one_resumes(
+    tmp_path: Path, data_dir: Path, compose_cfg
+) -> None:
+    """Two sweeps on one journal file run N trials between them, none twice; one is killed
+    (SIGKILL) in the middle of a trial and started again: the study still ends with N
+    completed trials, the killed trial failed (interrupted) and its parameters re-run."""
+    from hydra.utils import instantiate
+
+    instantiate(compose_cfg().data.generate)()  # generated once, before two processes read it
+    journal = tmp_path / "study.journal"
+    killed, dirs = share_and_kill(journal, tmp_path, data_dir, workers=2, n_trials=N_TRIALS)
+    study = optuna.load_study(study_name="segexp", storage=studies.open_storage(str(journal)))
+    check_shared_study(study, killed, dirs, N_TRIALS)
 
 
 PRUNE_EPOCHS = 3

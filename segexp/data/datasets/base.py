@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from segexp.data.scan import check_arrays, rgb_mask_message, shape_problem
@@ -33,11 +33,14 @@ def read_image(path: Path) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3).
 
     Grayscale and palette images are expanded to RGB, RGBA drops its alpha,
-    16-bit images are scaled to 8 bits; anything else is a DataError.
+    16-bit images are scaled to 8 bits; anything else is a DataError. An EXIF orientation
+    (phone photos) is applied, as viewers and common loaders do, so the pixels are the
+    image as displayed, the one its mask was drawn on.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(image, dtype=np.float64)
                 peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
@@ -54,6 +57,15 @@ def read_image(path: Path) -> np.ndarray:
             f"{path}: cannot read image ({error}); replace or remove the file.",
             kind="unreadable image",
         ) from error
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF Orientation tag of an image file (1, the identity, when absent or unreadable)."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(0x0112, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return 1
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -177,4 +189,5 @@ class SegDataset(Dataset):
         if not isinstance(image, torch.Tensor):  # no ToTensor in the pipeline
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.long)
-        return {"image": image, "mask": mask, "name": self.name(index)}
+        image_path = str(self.samples[index][0])
+        return {"image": image, "mask": mask, "name": self.name(index), "path": image_path}

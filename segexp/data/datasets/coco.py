@@ -34,7 +34,7 @@ from PIL import Image
 
 from segexp.data.datasets.base import DataError, SegDataset, read_mask
 
-CONVERSION_VERSION = 1  # bump when the rules above change, so caches are rebuilt
+CONVERSION_VERSION = 2  # bump when the rules above change, so caches are rebuilt
 
 # The 20 COCO categories that are the VOC classes, in VOC order (torchvision's reference).
 VOC_CATEGORIES = (
@@ -129,6 +129,20 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
     return mask_utils.decode(rle).astype(bool)
+
+
+def check_rle_sizes(height: int, width: int, annotations: list[dict], image: str) -> None:
+    """Raise DataError naming the annotation id and ``image`` for an RLE whose ``size`` is
+    not the image's (pycocotools would fail with a bare ValueError, or paint garbage)."""
+    for ann in annotations:
+        segmentation = ann["segmentation"]
+        size = segmentation.get("size") if isinstance(segmentation, dict) else None
+        if size is not None and [int(v) for v in size] != [height, width]:
+            raise DataError(
+                f"{image}: annotation id {ann.get('id')} has an RLE of size {list(size)} "
+                f"(height, width), but the image is {height}x{width}; fix or remove that "
+                "annotation in the JSON."
+            )
 
 
 def semantic_mask(
@@ -228,9 +242,8 @@ class COCODataset(SegDataset):
                     kind="unreadable image",
                 )
                 continue
-            self.samples.append(
-                (image_path, self.cache_dir / f"{Path(info['file_name']).stem}.png")
-            )
+            # Keyed by the image id, unique in the JSON: a/frame.jpg and b/frame.jpg differ.
+            self.samples.append((image_path, self.cache_dir / f"{int(info['id'])}.png"))
             self.image_info.append((int(info["height"]), int(info["width"]), anns))
 
     @classmethod
@@ -272,6 +285,7 @@ class COCODataset(SegDataset):
             except DataError:
                 pass  # a damaged cache entry is rebuilt below
         height, width, anns = self.image_info[index]
+        check_rle_sizes(height, width, anns, str(self.samples[index][0]))
         mask = semantic_mask(height, width, anns, self.ignore_index)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: concurrent loader workers never read a half-written PNG.

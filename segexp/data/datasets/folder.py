@@ -1,4 +1,4 @@
-"""The plain folder layout: images/{split}/*, masks/{split}/<name>.png (README "Bring your own data")."""
+"""The plain folder layout: images/{split}/*, masks/{split}/<name>.png (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def read_class_names(root: Path) -> list[str] | None:
-    """Class names from ``root/classes.txt`` (one a line), or None when there is none."""
+    """Class names from ``root/classes.txt`` (one a line), or None when there is none.
+    A name on two lines is a DataError naming both (its classes would share one score)."""
     path = Path(root) / "classes.txt"
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names, first_line = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise DataError(
+                f"{path}: line {number} repeats class name {name!r} (line {first_line[name]}); "
+                "each line is one class and needs its own name (metrics are reported by name).",
+                kind="class names",
+            )
+        first_line[name] = number
+        names.append(name)
+    return names
 
 
 class FolderDataset(SegDataset):
