@@ -113,3 +113,20 @@ def test_label_counts_without_classes_only_collects_values(mask_list):
         stats.add(mask)
     assert stats.counts.tolist() == [] and stats.image_pixels.tolist() == []
     assert stats.values == dict(sum((counted(m) for m in mask_list), Counter()))
+
+
+def test_problem_messages_word_for_word():
+    """A mask with twelve bad labels names the first ten and the valid range; an RGB mask's
+    message says what masks hold and where the converter is."""
+    mask = np.arange(3, 15, dtype=np.uint8).reshape(3, 4)
+    (problem,) = check_arrays(None, mask, "i.png", "m.png", 3, 255)
+    assert problem.message == (
+        "data.num_classes=3 but mask m.png contains label(s) [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] "
+        "(valid: 0..2 or ignore_index=255). Fix data.num_classes, data.ignore_index, or the mask."
+    )
+    (problem,) = check_arrays(None, np.zeros((2, 2, 3), np.uint8), "i.png", "m.png", 3, 255)
+    assert problem.message == (
+        "m.png: mask is RGB, but masks must hold one class id per pixel (mode L, P or I;16). "
+        "Convert colour-coded masks to class ids (a palette PNG keeps the colours for viewing); "
+        "`python -m segexp.check` prints a one-line converter."
+    )
