@@ -234,3 +234,72 @@ def test_the_best_file_a_run_resumed_from_is_replaced_like_any_other(tmp_path):
     outside = str(tmp_path / "elsewhere" / "best-epoch004.ckpt")
     trainer = fake_trainer(ckpt_path=outside)
     assert not best_k_callback(folder)._should_remove_checkpoint(trainer, outside, newer)
+
+
+def test_progress_counters_default_to_zero_and_a_load_error_keeps_its_first_line(tmp_path):
+    from segexp.run.ckpt_io import checkpoint_progress
+
+    assert checkpoint_progress(checkpoint(tmp_path / "a.ckpt", None, None)) == (0, 0)
+    assert checkpoint_progress(checkpoint(tmp_path / "b.ckpt", 0, 0)) == (0, 0)
+    assert checkpoint_progress(checkpoint(tmp_path / "c.ckpt", 2, 7)) == (2, 7)
+    broken = tmp_path / "d.ckpt"
+    broken.write_bytes(checkpoint(tmp_path / "e.ckpt", 1, 1).read_bytes()[:100])
+    try:  # what torch itself says about the file
+        torch.load(broken, weights_only=True)
+    except Exception as error:  # noqa: BLE001 (any error torch raises)
+        expected = f"does not load ({type(error).__name__}: {str(error).splitlines()[0]})"
+    with pytest.raises(ValueError) as raised:
+        checkpoint_progress(broken)
+    assert str(raised.value) == expected
+
+
+def test_on_a_tie_in_steps_the_newer_file_wins_over_the_preferred_one(tmp_path):
+    newer = checkpoint(tmp_path / "hpc_ckpt_1.ckpt", 4, 9, mtime=2e9)
+    checkpoint(tmp_path / "hpc_ckpt_2.ckpt", 4, 9, mtime=1e9)  # preferred (higher n), older
+    assert choose_resume_checkpoint(tmp_path).path == newer
+
+
+def test_a_resume_says_when_its_best_file_is_gone(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    resumed = str(checkpoint(folder / "last.ckpt", 3, 8))
+    callback = best_k_callback(folder)
+    callback.best_model_path = str(folder / "best-epoch002.ckpt")  # deleted since
+    for trainer in (fake_trainer(ckpt_path=None), fake_trainer(False, resumed)):
+        callback.on_fit_start(trainer, None)  # no resume, or not rank 0: nothing said
+    checkpoint(folder / "best-epoch002.ckpt", 2, 6)
+    callback.on_fit_start(fake_trainer(ckpt_path=resumed), None)  # there: nothing to say
+    assert capsys.readouterr() == ("", "")
+    (folder / "best-epoch002.ckpt").unlink()
+    callback.on_fit_start(fake_trainer(ckpt_path=resumed), None)
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        f"segexp: resume: the best checkpoint {folder / 'best-epoch002.ckpt'} is gone; "
+        "training goes on, and the test stage will use a better epoch's checkpoint if one is "
+        "saved, else the final weights (last.ckpt)\n"
+    )
+    callback.best_model_path = ""
+    callback.on_fit_start(fake_trainer(ckpt_path=resumed), None)  # no best yet
+    assert capsys.readouterr() == ("", "")
+
+
+def test_what_a_resume_removes_is_said_on_stderr(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    resumed = str(checkpoint(folder / "last.ckpt", 3, 8))
+    stray = checkpoint(folder / "best-epoch003.ckpt", 3, 8)
+    best_k_callback(folder)._drop_untracked(fake_trainer(ckpt_path=resumed))
+    assert capsys.readouterr() == (
+        "",
+        f"segexp: removed {stray}: the resumed checkpoint does not track it (left by the "
+        "interrupted run)\n",
+    )
+
+
+def test_a_moved_folder_moves_last_and_the_same_file_is_never_removed(tmp_path):
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    before = best_k_callback(old)
+    before.last_model_path = str(old / "last.ckpt")
+    after = best_k_callback(new)
+    after.load_state_dict(before.state_dict())
+    assert after.last_model_path == str(new / "last.ckpt")
+    same = str(new / "best-epoch001.ckpt")
+    assert not after._should_remove_checkpoint(fake_trainer(), same, same)  # not resumed
