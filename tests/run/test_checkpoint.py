@@ -110,6 +110,19 @@ def test_untrusted_target_in_checkpoint_config_is_refused(compose_cfg, saved, tm
         load_module(saved)
 
 
+class OwnLoss(torch.nn.CrossEntropyLoss):
+    """A user's own loss class, in a package (``tests``) only a command may trust."""
+
+
+def test_a_trusted_package_of_the_loading_command_is_built(saved):
+    checkpoint = torch.load(saved, weights_only=True)
+    checkpoint["hyper_parameters"]["loss"] = {"_target_": f"{__name__}.OwnLoss"}
+    torch.save(checkpoint, saved)
+    with pytest.raises(CheckpointError, match=r"add trust=\[tests\]"):
+        load_module(saved)
+    assert type(load_module(saved, trust=["tests"]).criterion) is OwnLoss
+
+
 def test_own_checkpoint_loads_back(saved):
     module = load_module(saved)
     assert module.hparams.num_classes == 6
