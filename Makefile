@@ -37,13 +37,16 @@ stress: ## SIGKILL a small run 30 times at random moments, resuming each time (K
 	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/run/test_slurm.py -k requeue $(PYTEST_ARGS)
 
 # The core modules `make mutation` mutates (see [tool.mutmut] in pyproject.toml for the tests).
+# Each mutant's tests run in a child forked from mutmut's process: OMP_NUM_THREADS=1, since a
+# child forked after torch started its OpenMP threads can hang (counted as a timeout, a false kill);
+# SEGEXP_MUTATION=1 turns off hypothesis' shrinking (tests/conftest.py).
 MUTATE ?= segexp.model.metrics segexp.model.losses segexp.run.checkpoint segexp.run.ckpt_io segexp.data.scan segexp.run.budget_planner
 MUTATION_LIMIT ?= 3600
 
 mutation: ## mutation score of the core modules (mutmut, pip install -e .[mutation]; long, not in make test): MUTATE=<module> for one
 	@for module in $(MUTATE); do \
 	  echo "== mutmut: $$module (at most $(MUTATION_LIMIT) s)"; \
-	  env -u PYTHONPATH timeout $(MUTATION_LIMIT) $(VENV)/bin/mutmut run --max-children $(or $(JOBS),1) "$$module.*" >/dev/null; \
+	  env -u PYTHONPATH SEGEXP_MUTATION=1 OMP_NUM_THREADS=1 timeout $(MUTATION_LIMIT) $(VENV)/bin/mutmut run --max-children $(or $(JOBS),1) "$$module.*" >/dev/null; \
 	  status=$$?; if [ $$status -ne 0 ]; then echo "mutmut stopped ($$status): the table counts what ran"; fi; \
 	done
 	env -u PYTHONPATH $(PY) scripts/mutation_table.py $(MUTATE)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hypothesis import settings
+from hypothesis import Phase, settings
 from omegaconf import DictConfig, open_dict
 
 from segexp.configs import CONF_DIR
@@ -32,7 +32,15 @@ def in_ci() -> bool:
 # reproducible from the log; locally new examples each run, failures replayed first.
 settings.register_profile("segexp", deadline=None)
 settings.register_profile("segexp-ci", deadline=None, derandomize=True, database=None)
-settings.load_profile("segexp-ci" if in_ci() else "segexp")
+# `make mutation` (SEGEXP_MUTATION=1): a failing example fails the test at once, unshrunk;
+# shrinking it ran many mutants past their timeout, and one failure is all a kill needs.
+settings.register_profile(
+    "segexp-mutation", deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
+if os.environ.get("SEGEXP_MUTATION"):
+    settings.load_profile("segexp-mutation")
+else:
+    settings.load_profile("segexp-ci" if in_ci() else "segexp")
 
 # A tiny, fast variant of the default experiment; every test that trains starts from it.
 TINY = [

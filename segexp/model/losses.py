@@ -93,8 +93,9 @@ class PixelTerms:
         # Ignored pixels counted in an extra bin and cut off: boolean indexing costs 7x more.
         if 0 <= self.ignore_index < classes:  # an ignored id that is also a class id
             binned = torch.where(valid, self.labels, classes)
-        else:  # ignore_index and anything else outside [0, C) clamp to the extra bin C
-            binned = self.target.long().clamp(0, classes)
+        else:  # ignore_index and anything else outside [0, C) go to the extra bin C (a
+            # negative ignore_index such as -1 too: clamped to -1, then C by the remainder)
+            binned = self.target.long().clamp(-1, classes).remainder(classes + 1)
         target_total = torch.bincount(binned.reshape(-1), minlength=classes + 1)
         return true_pos, pred_total, target_total[:classes].to(probs.dtype)
 

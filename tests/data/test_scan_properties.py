@@ -48,6 +48,10 @@ def test_bad_labels_are_the_values_outside_the_classes_and_not_ignored(
     assert bad_labels(mask, num_classes, ignore_index) == expected
     problems = check_arrays(None, mask, "i.png", "m.png", num_classes, ignore_index)
     assert [p.kind for p in problems] == (["bad labels"] if expected else [])
+    if expected:  # the message names the mask, the first ten bad labels and the fix
+        message = str(problems[0])
+        assert f"mask m.png contains label(s) {expected[:10]} " in message
+        assert message.endswith("Fix data.num_classes, data.ignore_index, or the mask.")
 
 
 @settings(max_examples=100)
@@ -81,13 +85,22 @@ def test_check_arrays_reports_shape_problems(image_hw, mask_hw, channels):
     another extra axis is unreadable; a 2-D mask of another size than its image mismatches."""
     image = np.zeros((*image_hw, 3), np.uint8)
     mask = np.zeros((*mask_hw, *channels), np.uint8)
-    kinds = [p.kind for p in check_arrays(image, mask, "i.png", "m.png", 2, 255)]
+    problems = check_arrays(image, mask, "i.png", "m.png", 2, 255)
+    kinds, messages = [p.kind for p in problems], [str(p) for p in problems]
+    # Each message states what was found: the mode, the shape, both sizes (width x height).
     if channels in ((3,), (4,)):
         assert kinds == ["rgb mask"]
+        assert f"m.png: mask is {'RGB' if channels == (3,) else 'RGBA'}, but" in messages[0]
+        assert messages[0].endswith("`python -m segexp.check` prints a one-line converter.")
     elif channels:
-        assert kinds == ["unreadable mask"]
+        assert kinds == ["unreadable mask"] and f"mask has shape {mask.shape}," in messages[0]
+    elif image_hw == mask_hw:
+        assert kinds == []
     else:
-        assert kinds == ([] if image_hw == mask_hw else ["size mismatch"])
+        (height, width), (mask_h, mask_w) = image_hw, mask_hw
+        assert kinds == ["size mismatch"]
+        assert f"i.png is {width}x{height} but its mask m.png is {mask_w}x{mask_h} " in messages[0]
+        assert messages[0].endswith("Re-export the mask at the image's size.")
 
 
 @settings(max_examples=50)
@@ -100,3 +113,20 @@ def test_label_counts_without_classes_only_collects_values(mask_list):
         stats.add(mask)
     assert stats.counts.tolist() == [] and stats.image_pixels.tolist() == []
     assert stats.values == dict(sum((counted(m) for m in mask_list), Counter()))
+
+
+def test_problem_messages_word_for_word():
+    """A mask with twelve bad labels names the first ten and the valid range; an RGB mask's
+    message says what masks hold and where the converter is."""
+    mask = np.arange(3, 15, dtype=np.uint8).reshape(3, 4)
+    (problem,) = check_arrays(None, mask, "i.png", "m.png", 3, 255)
+    assert problem.message == (
+        "data.num_classes=3 but mask m.png contains label(s) [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] "
+        "(valid: 0..2 or ignore_index=255). Fix data.num_classes, data.ignore_index, or the mask."
+    )
+    (problem,) = check_arrays(None, np.zeros((2, 2, 3), np.uint8), "i.png", "m.png", 3, 255)
+    assert problem.message == (
+        "m.png: mask is RGB, but masks must hold one class id per pixel (mode L, P or I;16). "
+        "Convert colour-coded masks to class ids (a palette PNG keeps the colours for viewing); "
+        "`python -m segexp.check` prints a one-line converter."
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -228,3 +230,180 @@ def test_one_step_lowers_every_loss_option(compose_cfg, name):
     with torch.no_grad():
         after = criterion(net(images), target)
     assert torch.isfinite(before) and after < before, (name, before.item(), after.item())
+
+
+def test_defaults_are_the_documented_ones():
+    """ignore_index 255, Dice smooth 1, Tversky alpha 0.3 / beta 0.7 / gamma 1 / smooth 1, focal
+    gamma 2: each default against the hand computation."""
+    logits, target = as_tensors()
+    tp, pred, true = soft_counts()
+    dice = [(2 * tp[c] + 1) / (pred[c] + true[c] + 1) for c in range(3)]
+    assert DiceLoss()(logits, target).item() == pytest.approx(1 - sum(dice) / 3, rel=1e-5)
+    index = [
+        (tp[c] + 1) / (tp[c] + 0.3 * (pred[c] - tp[c]) + 0.7 * (true[c] - tp[c]) + 1)
+        for c in range(3)
+    ]
+    assert TverskyLoss()(logits, target).item() == pytest.approx(
+        sum(1 - t for t in index) / 3, rel=1e-5
+    )
+    focal = [-((1 - p[y]) ** 2) * math.log(p[y]) for p, y in labelled()]
+    assert FocalLoss()(logits, target).item() == pytest.approx(sum(focal) / 3, rel=1e-5)
+    ce = [-math.log(p[y]) for p, y in labelled()]
+    assert CrossEntropyLoss()(logits, target).item() == pytest.approx(sum(ce) / 3, rel=1e-5)
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(
+        lovasz_by_definition(), rel=1e-5
+    )
+
+
+def test_weighted_sum_weighs_unnamed_members_one_and_sums_nothing_to_zero():
+    ce, dice = CrossEntropyLoss(), DiceLoss()
+    total = WeightedSum({"ce": ce, "dice": dice}, {"ce": 0.3})(*as_tensors())
+    assert total.item() == pytest.approx(
+        0.3 * ce(*as_tensors()).item() + dice(*as_tensors()).item(), rel=1e-6
+    )
+    logits, target = as_tensors()
+    nothing = WeightedSum({})(logits, target)
+    assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def test_members_with_other_ignore_labels_each_drop_their_own():
+    """ce ignoring 255 and Dice ignoring class 0 in one sum: each reads its own pixel terms."""
+    target = [0, 2, 1, 1]
+    ce, dice = CrossEntropyLoss(ignore_index=IGNORE), DiceLoss(ignore_index=0)
+    total = WeightedSum({"ce": ce, "dice": dice})(*as_tensors(target=target))
+    probs = [softmax(row) for row in LOGITS]
+    ce_value = sum(-math.log(p[y]) for p, y in zip(probs, target)) / 4
+    kept = [(p, y) for p, y in zip(probs, target) if y != 0]  # Dice: class 0 ignored
+    tp = [sum(p[c] for p, y in kept if y == c) for c in range(3)]
+    pred = [sum(p[c] for p, _ in kept) for c in range(3)]
+    true = [sum(y == c for _, y in kept) for c in range(3)]
+    dice_value = 1 - sum((2 * tp[c] + 1) / (pred[c] + true[c] + 1) for c in (1, 2)) / 2
+    assert total.item() == pytest.approx(ce_value + dice_value, rel=1e-5)
+
+
+def test_error_messages_name_the_setting_and_the_fix():
+    with pytest.raises(ValueError) as error:
+        CrossEntropyLoss(weight=[1.0, 2.0])(*as_tensors())
+    assert str(error.value) == (
+        "loss.weight has 2 entries but the model predicts 3 classes; give one weight per class "
+        "(a list of 3 floats) or null."
+    )
+    with pytest.raises(ValueError) as error:
+        WeightedSum({"ce": CrossEntropyLoss(), "dice": DiceLoss()}, {"lovasz": 1.0, "ce": 2.0})
+    assert str(error.value) == (
+        "loss.weights names ['lovasz'] but loss.losses has ['ce', 'dice']; "
+        "name each weight after one of the losses."
+    )
+
+
+def test_focal_class_weights_are_not_saved_in_checkpoints():
+    """They come from the config (like cross-entropy's): not a state_dict entry a checkpoint
+    of the same model without weights would lack."""
+    assert "weight" not in FocalLoss(weight=[1.0, 2.0, 3.0]).state_dict()
+
+
+def test_lovasz_per_image_averages_the_images():
+    first, target1 = as_tensors()
+    second, target2 = as_tensors(LOGITS[::-1], [2, 0, IGNORE, 1])
+    batch = torch.cat([first, second]), torch.cat([target1, target2])
+    each = [LovaszSoftmaxLoss()(first, target1), LovaszSoftmaxLoss()(second, target2)]
+    value = LovaszSoftmaxLoss(per_image=True)(*batch)
+    assert value.item() == pytest.approx(sum(v.item() for v in each) / 2, rel=1e-5)
+    assert LovaszSoftmaxLoss()(*batch).item() != pytest.approx(value.item(), rel=1e-3)
+
+
+def test_weighted_sum_reads_each_shared_term_once(monkeypatch):
+    """ce + Dice + Tversky: one log-softmax and one gather of each pixel's own class for all
+    three (PixelTerms), no softmax; a member that takes no terms (focal) computes its own."""
+    calls = Counter()
+    for name in ("softmax", "log_softmax", "gather"):
+
+        def counted(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    members = {"ce": CrossEntropyLoss(), "dice": DiceLoss(), "tversky": TverskyLoss()}
+    total = WeightedSum(members)(*as_tensors())
+    assert calls == {"log_softmax": 1, "gather": 1}
+    monkeypatch.undo()
+    alone = sum(loss(*as_tensors()) for loss in members.values())
+    assert total.item() == pytest.approx(alone.item(), rel=1e-6)
+    focal = FocalLoss()
+    with_focal = WeightedSum({"ce": CrossEntropyLoss(), "focal": focal})(*as_tensors())
+    expected = CrossEntropyLoss()(*as_tensors()) + focal(*as_tensors())
+    assert with_focal.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_integer_class_weights_from_yaml_work_like_floats():
+    """``weight: [1, 2, 1]`` in YAML is a list of ints."""
+    for loss in (CrossEntropyLoss, FocalLoss):
+        as_ints = loss(weight=[1, 3, 2])(*as_tensors())
+        assert as_ints.item() == pytest.approx(loss(weight=[1.0, 3.0, 2.0])(*as_tensors()).item())
+
+
+def test_small_class_weights_divide_by_their_own_sum():
+    """Weights summing to less than 1 over the batch (0.1 per pixel): the shared-terms
+    cross-entropy still divides by that sum, as torch does."""
+    weight = [0.1, 0.05, 0.2]
+    logits, target = as_tensors()
+    shared = WeightedSum({"ce": CrossEntropyLoss(weight=weight)})(logits, target)
+    terms = [(weight[y], -math.log(p[y])) for p, y in labelled()]
+    expected = sum(w * loss for w, loss in terms) / sum(w for w, _ in terms)
+    assert shared.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_present_class_and_absent_classes_left_out():
+    """Every labelled pixel of class 0 (nothing ignored, classes 1 and 2 absent): Dice and
+    Tversky are that one class's values, not averaged with the absent ones."""
+    logits, _ = as_tensors()
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    p0 = [softmax(row)[0] for row in LOGITS]
+    tp, pred, true = sum(p0), sum(p0), 4.0
+    dice = (2 * tp + 1) / (pred + true + 1)
+    assert DiceLoss()(logits, target).item() == pytest.approx(1 - dice, rel=1e-5)
+    tversky = (tp + 1) / (tp + 0.3 * (pred - tp) + 0.7 * (true - tp) + 1)
+    assert TverskyLoss()(logits, target).item() == pytest.approx(1 - tversky, rel=1e-5)
+
+
+def test_focal_on_a_batch_of_images_against_numpy():
+    """(2, 3, 4, 5) logits with ignored pixels and class weights: every pixel's own term."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32) * 2
+    target = rng.integers(0, 3, (2, 4, 5))
+    target[0, 1] = IGNORE
+    weight = np.array([0.5, 1.0, 2.0])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    terms = [
+        -weight[t] * (1 - probs[b, t, i, j]) ** 2 * np.log(probs[b, t, i, j])
+        for (b, i, j), t in np.ndenumerate(target)
+        if t != IGNORE
+    ]
+    value = FocalLoss(weight=weight.tolist())(torch.from_numpy(logits), torch.from_numpy(target))
+    assert value.item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", [DiceLoss, TverskyLoss], ids=lambda loss: loss.__name__)
+def test_a_negative_ignore_index_is_ignored_too(loss):
+    """ignore_index=-1 (data.ignore_index=-1; the collate pads masks with it): the same
+    value as ignoring 255 on the same pixels. The ignored pixels used to count as class 0."""
+    logits, target = as_tensors()
+    negative = torch.where(target == IGNORE, -1, target)
+    assert loss(ignore_index=-1)(logits, negative).item() == pytest.approx(
+        loss()(logits, target).item(), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("ignore", [255, 250, -1, -2])
+def test_dice_with_four_classes_ignores_its_label(ignore):
+    """Any ignore_index outside [0, 4), above or below, leaves the class counts alone."""
+    rows = [row + [0.3] for row in LOGITS]  # a fourth class, never in the target
+    target = [0, 2, 1, ignore]
+    value = DiceLoss(ignore_index=ignore)(*as_tensors(rows, target))
+    kept = [(softmax(row), y) for row, y in zip(rows, target) if y != ignore]
+    dice = [
+        (2 * sum(p[c] for p, y in kept if y == c) + 1)
+        / (sum(p[c] for p, _ in kept) + sum(y == c for _, y in kept) + 1)
+        for c in (0, 1, 2)
+    ]
+    assert value.item() == pytest.approx(1 - sum(dice) / 3, rel=1e-5)

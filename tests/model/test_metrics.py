@@ -202,3 +202,67 @@ def test_epoch_end_logs_every_figure_once_with_one_self_log(compose_cfg, monkeyp
     assert float(trainer.callback_metrics["val/pixel_acc"]) == pytest.approx(
         float(confmat.diagonal().sum() / confmat.sum()), abs=1e-6
     )
+
+
+def test_one_wrong_pixel_scores_zero_everywhere_it_is_defined():
+    """One pixel of class 0 predicted as 1 (each class counted once, target + prediction = 1):
+    every score is 0 where defined; class 1's recall is undefined (absent from the target)."""
+    scores = confusion_scores(torch.tensor([[0, 1], [0, 0]]))
+    for key in ("mIoU", "pixel_acc", "mean_acc", "mean_dice", "fw_iou"):
+        assert float(scores[key]) == 0.0, key
+    assert scores["iou"].tolist() == [0.0, 0.0] and scores["dice"].tolist() == [0.0, 0.0]
+    assert scores["acc"][0] == 0.0 and scores["acc"][1].isnan()
+
+
+def numpy_confmat(preds, target, num_classes: int) -> np.ndarray:
+    t, p = np.asarray(target).ravel(), np.asarray(preds).ravel()
+    keep = (t >= 0) & (t < num_classes)
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (t[keep], p[keep]), 1)
+    return counts
+
+
+def test_eval_states_of_two_processes_combine_by_summing():
+    """What DDP does at compute (merge_state here): confusion matrices, losses and sample
+    counts add up, so the combined state equals one that saw every batch."""
+    from segexp.model.metrics import EvalState
+
+    rng = np.random.default_rng(3)
+    preds, target = rng.integers(0, 4, (2, 3, 5, 6)), rng.integers(0, 4, (2, 3, 5, 6))
+    states = [EvalState(4), EvalState(4)]
+    for state, p, t, loss in zip(states, preds, target, [1.0, 3.0]):
+        state.update(torch.from_numpy(p), torch.from_numpy(t), torch.tensor(loss))
+    states[0].merge_state(states[1])
+    np.testing.assert_array_equal(states[0].compute().numpy(), numpy_confmat(preds, target, 4))
+    assert float(states[0].mean_loss) == pytest.approx((1.0 * 3 + 3.0 * 3) / 6)
+
+
+def test_eval_state_counts_exactly():
+    """Integer counts (a float32 matrix stops counting at 2**24 pixels, a few 4K images) and a
+    float64 loss sum: a batch loss of 2**24 plus two of 1 keeps the two."""
+    from segexp.model.metrics import EvalState
+
+    state = EvalState(2)
+    for loss in (2.0**24, 1.0, 1.0):
+        state.update(
+            torch.zeros(1, 1, 1, dtype=torch.long), torch.ones(1, 1, 1), torch.tensor(loss)
+        )
+    assert state.compute().dtype == torch.int64
+    assert state.compute().tolist() == [[0, 0], [3, 0]]
+    assert float(state.mean_loss) == (2**24 + 2) / 3  # 5592406, exact in float32
+
+
+def test_eval_state_drops_every_target_outside_the_classes():
+    """Negative labels (an int16 mask) and labels >= C are dropped; the default ignore_index
+    255 is dropped even when it is a class id of a 300-class model."""
+    from segexp.model.metrics import EvalState
+
+    target = torch.tensor([[-5, -2, -1, 0, 1, 2, 3, 7, 255, 1]])
+    preds = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]])
+    state = EvalState(3, ignore_index=None)
+    state.update(preds, target)
+    np.testing.assert_array_equal(state.compute().numpy(), numpy_confmat(preds, target, 3))
+    many = EvalState(300)
+    many.update(torch.tensor([[0, 299, 7]]), torch.tensor([[255, 299, 254]]))
+    confmat = many.compute()
+    assert int(confmat.sum()) == 2 and confmat[299, 299] == 1 and confmat[254, 7] == 1

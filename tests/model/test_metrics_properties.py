@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from segexp.model.metrics import SUMMARY_KEYS, EvalState, confusion_scores
+from segexp.model.metrics import SUMMARY_KEYS, EvalState, confusion_scores, finite_or_none
 
 # Many zeros: classes absent from the target, the prediction or both, and empty matrices.
 COUNTS = st.one_of(st.just(0), st.integers(0, 40))
@@ -130,3 +130,12 @@ def test_eval_state_mean_loss_weighs_batches_by_their_size(batches):
     state.compute()
     expected = sum(size * loss for size, loss in batches) / sum(size for size, _ in batches)
     assert math.isclose(float(state.mean_loss), expected, rel_tol=1e-6, abs_tol=1e-6)
+
+
+@given(st.one_of(st.none(), st.floats(allow_nan=True), st.integers()))
+def test_an_undefined_score_is_written_as_null(value):
+    """metrics.json has no NaN: a NaN score becomes None (null); every other value is kept."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        assert finite_or_none(value) is None
+    else:
+        assert finite_or_none(value) == value

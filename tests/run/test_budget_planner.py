@@ -84,3 +84,31 @@ def test_no_room_left_plans_no_more_steps():
     plan = planner.plan()
     assert plan.total_steps == 8
     assert plan.predicted_end_s > 40.0 + plan.tail_s  # the validation at the stop is counted
+
+
+def test_less_room_than_one_step_plans_no_more_steps():
+    """0.5 s of room left and 1 s steps (no validation, no test): stop where it is."""
+    planner = BudgetPlanner(100.0, final_validation=False)
+    planner.observe(3, 3.0, 3.0, None)
+    planner.observe(8, 95.5, 8.0, None)  # tail: 3 s + 1 % of 100 s; room: 100 - 95.5 - 4
+    plan = planner.plan()
+    assert (plan.step_s, plan.tail_s) == (1.0, 4.0)
+    assert plan.total_steps == 8 and plan.predicted_end_s == 99.5
+
+
+def test_the_step_time_needs_three_measured_steps():
+    """Samples at steps 3 and 6 (three steps apart, MEASURE_STEPS) give a step time; 3 and 5
+    do not."""
+    planner = BudgetPlanner(100.0)
+    planner.observe(3, 10.0, 3.0, None)
+    planner.observe(5, 12.0, 5.5, None)
+    assert planner.step_seconds() is None
+    planner.observe(6, 13.0, 7.5, None)
+    assert planner.step_seconds() == pytest.approx((7.5 - 3.0) / 3)
+
+
+def test_no_periodic_and_no_final_validation_counts_none():
+    planner = BudgetPlanner(100.0, val_every=0, final_validation=False)
+    assert [planner.validations(5, more) for more in (0, 1, 50)] == [0, 0, 0]
+    planner = BudgetPlanner(100.0, val_every=0)
+    assert [planner.validations(5, more) for more in (0, 1, 50)] == [1, 1, 1]
