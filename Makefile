@@ -26,11 +26,17 @@ train: ## train the default experiment (U-Net on the generated shapes data, CPU,
 train-debug: ## one batch of train/val/test, to check a config end to end
 	$(VENV)/bin/segexp train trainer=debug logger=csv $(ARGS)
 
-test: ## run the whole test suite (what CI runs)
-	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
+# make test runs the test files in TEST_JOBS processes (pytest-xdist; one file stays in one
+# process, so its module fixtures are built once), each torch at one thread so that the
+# processes do not fight over the cores. TEST_JOBS=0: one process, torch's own thread count.
+TEST_JOBS ?= 2
+TEST_RUN = $(if $(filter 0,$(TEST_JOBS)),,OMP_NUM_THREADS=1 )$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+
+test: ## run the whole test suite (what CI runs; TEST_JOBS=2 processes, 0 for one)
+	$(TEST_RUN) --durations=30 $(PYTEST_ARGS)
 
 test-fast: ## the tests not marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_RUN) -m "not slow" $(PYTEST_ARGS)
 
 stress: ## SIGKILL a small run 30 times at random moments, resuming each time (KILLS=30); requeue a SLURM DDP job 20 times (SIGNALS=20)
 	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/run/test_checkpoint_faults.py -k sigkill $(PYTEST_ARGS)
