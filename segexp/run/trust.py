@@ -188,7 +188,7 @@ def check_target(target: Any, slot: str, trust: Sequence[str] = ()) -> Any:
 
 
 SLOT_CONTENTS = {
-    "net": "segexp.model.networks.build_model, FCN",
+    "net": "segexp.model.networks.build_model",
     "loss": "segexp's losses, torch.nn losses",
     "optimizer": "segexp.model.optim.build_optimizer, torch optimizers",
     "scheduler": "segexp.model.optim.poly / cosine / onecycle",

@@ -232,3 +232,49 @@ def test_site_in_a_real_browser(site: Path, served: str, tmp_path: Path) -> None
         index = json.load(response)
     hits = {doc["location"] for doc in index["docs"] if "SLURM" in doc.get("text", "")}
     assert any(location.startswith("clusters/") for location in hits), sorted(hits)[:10]
+
+
+def group_table_problems(page: Path, conf: Path) -> list[str]:
+    """Rows of the config-group table (``| `group` | `option`, ... | what |``) against the
+    YAML files of ``conf/<group>/``: every group with options has a row, and each row names
+    exactly the group's options."""
+    rows = {}
+    for line in page.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`\w+`", cells[0]):
+            rows[cells[0].strip("`")] = set(re.findall(r"`([\w.]+)`", cells[1]))
+    problems = []
+    for group in sorted(p for p in conf.iterdir() if p.is_dir()):
+        options = {f.stem for f in group.glob("*.yaml")}
+        if not options:
+            continue
+        listed = rows.get(group.name)
+        if listed is None:
+            problems.append(f"group {group.name} ({', '.join(sorted(options))}) has no row")
+        elif listed != options:
+            missing, extra = sorted(options - listed), sorted(listed - options)
+            problems.append(f"group {group.name}: not listed {missing}, no such option {extra}")
+    return problems
+
+
+def test_the_config_group_table_lists_every_option(tmp_path: Path) -> None:
+    """docs/configuration.md's table names every option of every config group (a new YAML
+    file without a row, or a row naming a removed file, fails); a copy with one option
+    dropped and one group removed fails with both named."""
+    from segexp.configs import CONF_DIR
+
+    page = ROOT / "docs" / "configuration.md"
+    assert group_table_problems(page, CONF_DIR) == []
+    text = page.read_text()
+    broken = tmp_path / "configuration.md"
+    broken.write_text(
+        "\n".join(
+            line.replace(", `tensorboard`", "")
+            for line in text.splitlines()
+            if not line.startswith("| `experiment`")
+        )
+    )
+    assert group_table_problems(broken, CONF_DIR) == [
+        "group experiment (unet_r18_shapes) has no row",
+        "group logger: not listed ['tensorboard'], no such option []",
+    ]
