@@ -6,6 +6,7 @@ over DDP processes); every figure is derived from it here, so all of them agree 
 cost one bincount per batch.
 
 Averaging (torchmetrics' macro semantics):
+
 - mIoU averages the classes present in the prediction or the target;
   a class absent from both has no IoU (NaN per class, left out of the mean).
 - mean accuracy averages per-class recall over the classes present in the target.
