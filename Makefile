@@ -30,7 +30,8 @@ train-debug: ## one batch of train/val/test, to check a config end to end
 # process, so its module fixtures are built once), each torch at one thread so that the
 # processes do not fight over the cores. TEST_JOBS=0: one process, torch's own thread count.
 TEST_JOBS ?= 2
-TEST_RUN = $(if $(filter 0,$(TEST_JOBS)),,OMP_NUM_THREADS=1 )$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+PARALLEL = $(filter-out 0,$(TEST_JOBS))
+TEST_RUN = $(if $(PARALLEL),OMP_NUM_THREADS=1 )$(PY) -m pytest $(if $(PARALLEL),-n $(PARALLEL) --dist loadfile)
 
 test: ## run the whole test suite (what CI runs; TEST_JOBS=2 processes, 0 for one)
 	$(TEST_RUN) --durations=30 $(PYTEST_ARGS)

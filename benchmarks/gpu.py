@@ -159,7 +159,7 @@ def figure_eleven(args, parser) -> list:
     cpu = torch.device("cpu")
     if args.smoke:
         tiny = Plan(cpu, size=64, batch=2, steps=2, warmup=1, compile=False, models=models[:1],
-                    repeats=1, val_batches=2)  # fmt: skip
+                    repeats=1, val_batches=2, slide_images=1)  # fmt: skip
         figures = run_gpu(settings, tiny, args.peak_tflops) + run_cpu(settings, tiny)
     elif args.cpu:
         figures = run_cpu(settings, Plan(cpu, size=256, batch=4, steps=10, warmup=3))

@@ -62,6 +62,7 @@ class Plan:
     models: tuple[str, ...] = tuple(GPU_MODELS)
     repeats: int = 5  # interleaved pairs of the validation figure (median of their ratios)
     val_batches: int = 8
+    slide_images: int = 3  # images of twice the crop size for the sliding-window figure
 
     @property
     def cuda(self) -> bool:
@@ -344,7 +345,7 @@ def run_gpu(settings: Settings, plan: Plan, peak_tflops: float | None) -> list[F
                           "<= 1.03" if plan.cuda else "",
                           note=f"{images} images of {plan.size} px, {seconds:.2f} s"))  # fmt: skip
     big = 2 * plan.size
-    rate = slide_rate(cfg, plan, big, count=max(1, plan.repeats - 2))
+    rate = slide_rate(cfg, plan, big, count=plan.slide_images)
     figures.append(Figure(f"{first}: sliding window + flip, {big} px images", rate, "img/s",
                           note=f"{plan.size} px windows, stride 2/3"))  # fmt: skip
     figures += loader_figures(settings, plan, rates[first])

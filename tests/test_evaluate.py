@@ -21,7 +21,7 @@ from segexp.run.report import (
     write_confusion_csv,
 )
 from tests.conftest import run_script
-from tests.model.test_metrics import numpy_reference
+from tests.model.test_metrics import numpy_confmat, numpy_reference
 from tests.tiny_checkpoint import IGNORE, normalise, write_checkpoint, write_folder_dataset
 
 NUM_CLASSES = 4
@@ -52,13 +52,6 @@ def numpy_predictions(ckpt: Path, root: Path, split: str, postprocess=None):
         preds.append(pred.ravel())
         targets.append(np.asarray(Image.open(root / "masks" / split / image_path.name)).ravel())
     return np.concatenate(preds), np.concatenate(targets).astype(np.int64)
-
-
-def numpy_confmat(pred, target, num_classes):
-    valid = target != IGNORE
-    return np.bincount(target[valid] * num_classes + pred[valid], minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
 
 
 def eval_cfg(compose_cfg, ckpt, root, *overrides):

@@ -218,20 +218,23 @@ def check_augment(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def check_compile(cfg: DictConfig) -> list[str]:
+    """compile_mode counts when compile is on: one of torch.compile's modes."""
+    from segexp.model.module import COMPILE_MODES
+
+    mode = _get(cfg, "compile_mode", "default")
+    if not _get(cfg, "compile") or mode in COMPILE_MODES:
+        return []
+    return [f"compile_mode={mode!r}: not a torch.compile mode (valid: {', '.join(COMPILE_MODES)})"]
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value in a train config; return None if all is well."""
     problems = []
     seed = _get(cfg, "seed")
     if seed is not None and not _is_int(seed):
         problems.append(f"seed={seed!r}: must be an integer")
-    for check in (check_data, check_optim, check_model, check_augment):
+    for check in (check_data, check_optim, check_model, check_augment, check_compile):
         problems += check(cfg)
-    from segexp.model.module import COMPILE_MODES
-
-    mode = _get(cfg, "compile_mode", "default")
-    if _get(cfg, "compile") and mode not in COMPILE_MODES:
-        problems.append(
-            f"compile_mode={mode!r}: not a torch.compile mode (valid: {', '.join(COMPILE_MODES)})"
-        )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -215,6 +215,7 @@ def test_one_wrong_pixel_scores_zero_everywhere_it_is_defined():
 
 
 def numpy_confmat(preds, target, num_classes: int) -> np.ndarray:
+    """Rows target, columns prediction; targets outside [0, num_classes) (ignored) dropped."""
     t, p = np.asarray(target).ravel(), np.asarray(preds).ravel()
     keep = (t >= 0) & (t < num_classes)
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
