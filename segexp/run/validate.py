@@ -218,14 +218,22 @@ def check_augment(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def check_compile(cfg: DictConfig) -> list[str]:
-    """compile_mode counts when compile is on: one of torch.compile's modes."""
+def check_speed(cfg: DictConfig) -> list[str]:
+    """compile and channels_last are switches (channels_last also null: on for CUDA runs);
+    compile_mode counts when compile is on: one of torch.compile's modes."""
     from segexp.model.module import COMPILE_MODES
 
+    problems = []
+    for key, valid in (("compile", "true or false"), ("channels_last", "true, false or null")):
+        value = _get(cfg, key)  # None: not set (compile off; channels_last decided per device)
+        if value is not None and not isinstance(value, bool):
+            problems.append(f"{key}={value!r}: must be {valid}")
     mode = _get(cfg, "compile_mode", "default")
-    if not _get(cfg, "compile") or mode in COMPILE_MODES:
-        return []
-    return [f"compile_mode={mode!r}: not a torch.compile mode (valid: {', '.join(COMPILE_MODES)})"]
+    if _get(cfg, "compile") is True and mode not in COMPILE_MODES:
+        problems.append(
+            f"compile_mode={mode!r}: not a torch.compile mode (valid: {', '.join(COMPILE_MODES)})"
+        )
+    return problems
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -234,7 +242,7 @@ def check_config(cfg: DictConfig) -> None:
     seed = _get(cfg, "seed")
     if seed is not None and not _is_int(seed):
         problems.append(f"seed={seed!r}: must be an integer")
-    for check in (check_data, check_optim, check_model, check_augment, check_compile):
+    for check in (check_data, check_optim, check_model, check_augment, check_speed):
         problems += check(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -42,12 +42,21 @@ def test_default_config_is_valid(compose_cfg):
         ("model.classes=3", "model.classes=3 but data.num_classes=6"),
         ("seed=abc", "seed='abc': must be an integer"),
         ("compile_mode=fastest", "compile_mode='fastest': not a torch.compile mode (valid: "),
+        ("channels_last=maybe", "channels_last='maybe': must be true, false or null"),
     ],
 )
 def test_bad_value_names_key_value_and_range(compose_cfg, override, expected):
     with pytest.raises(ConfigError) as error:
         check_config(compose_cfg([override, "compile=true"]))  # compile_mode counts when on
     assert expected in str(error.value)
+
+
+def test_speed_switches_are_booleans(compose_cfg):
+    """compile=maybe was taken as true (any non-empty string is); channels_last=null is the
+    per-device default and passes."""
+    with pytest.raises(ConfigError, match=r"compile='maybe': must be true or false"):
+        check_config(compose_cfg(["compile=maybe"]))
+    check_config(compose_cfg(["channels_last=null", "compile=false", "compile_mode=bogus"]))
 
 
 def test_every_problem_is_listed_at_once(compose_cfg):
