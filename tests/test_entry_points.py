@@ -96,3 +96,46 @@ def test_misspelled_key_exits_2_with_hydras_message(tmp_path: Path, app: list[st
     assert "Could not override 'no_such_key'" in result.stderr
     assert "+no_such_key=3" in result.stderr  # the fix, if the key was meant to be new
     assert "Traceback" not in output
+
+
+def untrusted_checkpoint(folder: Path, compose_cfg) -> Path:
+    """A checkpoint whose loss is ``os.system``: every loading command refuses it."""
+    import torch
+
+    from tests.tiny_checkpoint import write_checkpoint, write_folder_dataset
+
+    good = write_checkpoint(write_folder_dataset(folder) / "good.ckpt", compose_cfg)
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["loss"] = {"_target_": "os.system", "command": "true"}
+    torch.save(checkpoint, folder / "untrusted.ckpt")
+    return folder / "untrusted.ckpt"
+
+
+# (id, segexp arguments, text of the error); {tmp} is the test's folder, {bad} an untrusted checkpoint.
+EARLY = [
+    ("eval-missing-checkpoint", ["eval", f"ckpt_path={{tmp}}/{MISSING}.ckpt"], MISSING),
+    ("eval-untrusted-checkpoint", ["eval", "ckpt_path={bad}"], "os.system"),
+    ("predict-missing-input", ["predict", "ckpt_path={bad}", f"input={{tmp}}/{MISSING}"], MISSING),
+    ("export-untrusted-checkpoint", ["export", "ckpt_path={bad}"], "os.system"),
+    ("tune-crf-untrusted-checkpoint", ["tune-crf", "ckpt_path={bad}"], "os.system"),
+    ("train-missing-key", ["train", "data=folder", "data.num_classes=3"], "data.root"),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), [c[1:] for c in EARLY], ids=[c[0] for c in EARLY])
+def test_a_user_error_comes_before_lightnings_import(tmp_path, compose_cfg, args, names):
+    """A wrong path, a refused checkpoint or a missing key is reported before the command
+    imports Lightning and the model zoo (seconds of start-up a user would wait for nothing):
+    the command runs in a fresh process, which then says whether Lightning was imported."""
+    bad = untrusted_checkpoint(tmp_path / "ckpt", compose_cfg) if "{bad}" in str(args) else None
+    argv = [a.format(tmp=tmp_path, bad=bad) for a in args]
+    probe = (
+        "import sys; from segexp.cli.main import main\n"
+        f"sys.argv = ['segexp', *{argv!r}]\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    print('EXIT=' + str(stop.code))\n"
+        "print('LIGHTNING=' + str('pytorch_lightning' in sys.modules))"
+    )
+    result = run_script("-c", probe, cwd=tmp_path, timeout=300)
+    assert "EXIT=2" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+    assert names in result.stderr, result.stderr[-3000:]
+    assert "LIGHTNING=False" in result.stdout, result.stdout[-2000:]

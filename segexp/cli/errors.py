@@ -137,30 +137,33 @@ def fail(message: str, code: int = USER_ERROR_EXIT) -> None:
     raise SystemExit(code)
 
 
+def _loaded_class(module: str, name: str) -> type | None:
+    """``module.name`` if ``module`` was imported, else None: an exception class whose module
+    was never imported cannot have been raised, and importing it only to test ``isinstance``
+    would cost every command Lightning's import (seconds) before its first check ran."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name, None) if loaded is not None else None
+
+
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Exit codes a scheduler can trust, and user errors without a traceback (see module doc)."""
-    # Imported here, not at the top: hydra_entry runs every --help, which must not import torch.
-    from segexp.run.guards import NonFiniteLossError
-    from segexp.run.signals import Interrupted
-
     global _reached
     _reached = True
     try:
         yield
-    except Interrupted:
-        raise
     except SystemExit as error:
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        if isinstance(error, SIGTERMException):
+        # Our own stop (segexp.run.signals.Interrupted, a SystemExit) keeps its code.
+        sigterm = _loaded_class("pytorch_lightning.utilities.exceptions", "SIGTERMException")
+        if sigterm is not None and isinstance(error, sigterm):
             print("segexp: stopped by SIGTERM", file=sys.stderr, flush=True)
             raise SystemExit(128 + signal.SIGTERM) from error
         raise
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from error
     except Exception as error:
+        non_finite = _loaded_class("segexp.run.guards", "NonFiniteLossError")
+        if non_finite is not None and isinstance(error, non_finite):
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from error
         message = user_message(error)
         if message is None:
             raise

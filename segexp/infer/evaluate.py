@@ -17,17 +17,19 @@ from omegaconf import DictConfig
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """``segexp eval``: score ``cfg.ckpt_path`` on ``cfg.split``; return the metrics."""
+    from segexp.run.checkpoint import load_module, trusted_packages
+
+    # The checkpoint first: a wrong path or a refused file is reported before the imports below.
+    model = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
     from segexp.infer.checkpoint_data import checkpoint_datamodule
     from segexp.infer.postprocess import build_postprocess
-    from segexp.run.checkpoint import load_module, trusted_packages
     from segexp.run.report import format_report, plot_confusion, write_confusion_csv
     from segexp.run.rundir import write_json, write_metadata
 
     run_dir = Path(cfg.paths.output_dir)
-    model = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
     if cfg.get("compile"):
         model.compile_network(str(cfg.get("compile_mode") or "default"))
     overrides = {"batch_size": cfg.batch_size} if cfg.batch_size else {}

@@ -266,8 +266,6 @@ def _cannot_export(module, cfg: DictConfig, error: Exception) -> ExportError:
 
 def export(cfg: DictConfig) -> dict:
     """Write the exported model (+ a JSON of its class names and normalisation); return a summary."""
-    import torch
-
     from segexp.run.checkpoint import load_module, trusted_packages
 
     if cfg.format not in FORMATS:
@@ -280,6 +278,8 @@ def export(cfg: DictConfig) -> dict:
         )
     height, width = int(size[0]), int(size[1])
     module = load_module(cfg.ckpt_path, trust=trusted_packages(cfg)).eval()
+    import torch  # once the checkpoint is read and trusted (a refusal needs no torch import)
+
     net = exportable(module)
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(SUFFIXES[cfg.format])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,12 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 def predict(cfg: DictConfig) -> dict:
     """Run the checkpoint on every input; return {"written": [...], "failed": {path: reason}}."""
+    from segexp.run.checkpoint import load_module, trusted_packages
+
+    # The inputs and the checkpoint first: a wrong path or a refused file is reported before
+    # the model's imports (seconds).
+    files = collect_inputs(str(cfg.input))
+    model = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
     import numpy as np
     import torch
     from hydra.utils import instantiate
@@ -59,16 +65,14 @@ def predict(cfg: DictConfig) -> dict:
     from segexp.data.datasets.base import DataError, read_image
     from segexp.data.viz import palette as default_palette
     from segexp.infer.postprocess import build_postprocess
-    from segexp.run.checkpoint import load_module, trusted_packages
 
-    files = collect_inputs(str(cfg.input))
     out_dir = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "predictions"
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu")
         if cfg.device == "auto"
         else str(cfg.device)
     )
-    model = load_module(cfg.ckpt_path, trust=trusted_packages(cfg)).to(device).eval()
+    model = model.to(device).eval()
     num_classes = int(model.hparams.num_classes)
     mean = torch.tensor(model.hparams.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.hparams.std, device=device).view(1, 3, 1, 1)

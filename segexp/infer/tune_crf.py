@@ -138,14 +138,16 @@ def collect(module, dataloader, inference, max_images: int | None) -> list[Sampl
 
 def tune_crf(cfg: DictConfig) -> dict[str, Any]:
     """The command: returns {"params": path, "setting": best, "mIoU": ..., "no_crf_mIoU": ...}."""
+    from segexp.run.checkpoint import load_module, trusted_packages
+
+    # The checkpoint first: a wrong path or a refused file is reported before the imports below.
+    module = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
     from hydra.utils import instantiate
 
     from segexp.infer.checkpoint_data import checkpoint_datamodule
     from segexp.infer.postprocess import DenseCRF, write_params
-    from segexp.run.checkpoint import load_module, trusted_packages
 
     run_dir = Path(str(cfg.paths.output_dir))
-    module = load_module(cfg.ckpt_path, trust=trusted_packages(cfg))
     overrides = {"batch_size": int(cfg.batch_size)}
     if cfg.get("num_workers") is not None:
         overrides["num_workers"] = int(cfg.num_workers)

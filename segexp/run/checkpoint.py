@@ -150,8 +150,6 @@ def check_compatible(path: str | os.PathLike, module: Any, resume: bool = True) 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, loaded with ``weights_only=True`` (no code runs from the file)."""
-    import torch
-
     path = Path(path)
     if not str(path) or str(path) in ("None", "???"):
         raise CheckpointError(
@@ -166,6 +164,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"ckpt_path={path} does not exist; a run's checkpoints are in <run folder>/checkpoints/ "
             "(last.ckpt and best-*.ckpt)"
         )
+    import torch  # after the checks above: a wrong path is reported without torch's import
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt or foreign file
@@ -185,11 +185,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_module(path: str | os.PathLike, map_location: str = "cpu", trust: Sequence[str] = ()):
     """Rebuild the SegModule a checkpoint was saved from (its model config travels inside);
     ``trust``: packages whose own classes and functions it may build (``trusted_packages``)."""
+    checkpoint = read_checkpoint(path)
+    check_trusted(checkpoint, path, trust)
+    # Imported once the file is read and trusted: Lightning and the model zoo take seconds.
     from segexp.model.encoder_weights import skip_encoder_weights
     from segexp.model.module import SegModule
 
-    checkpoint = read_checkpoint(path)
-    check_trusted(checkpoint, path, trust)
     with skip_encoder_weights():  # the checkpoint's weights replace them: no lookup, no download
         module = SegModule(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])

@@ -56,7 +56,7 @@ def prepare(cfg: DictConfig) -> Any:
     - bad values fail here, before any data is read (``segexp.run.validate``).
     """
     from segexp.data.classes import resolve_num_classes
-    from segexp.run.budget import budget_callback
+    from segexp.run.budget_value import parse_budget
     from segexp.run.checkpoint import trusted_packages
     from segexp.run.ranks import is_global_zero
     from segexp.run.recipe import apply_recipe
@@ -64,7 +64,11 @@ def prepare(cfg: DictConfig) -> Any:
     from segexp.run.validate import check_config
 
     resolve_num_classes(cfg.data)
-    budget = budget_callback(cfg)
+    budget = None
+    if parse_budget(cfg.get("budget")) is not None:  # the callback's module imports Lightning
+        from segexp.run.budget import budget_callback
+
+        budget = budget_callback(cfg)
     choices = apply_recipe(cfg, budget.budget_s if budget is not None else None)
     with open_dict(cfg):
         cfg.trust = trusted_packages(cfg)
@@ -80,6 +84,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; write metrics.json; return the final metrics."""
     import sys
 
+    # Decided (and bad values refused) before the imports below, which take seconds.
+    budget = prepare(cfg)
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -91,7 +97,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from segexp.run.report import print_summary
     from segexp.run.rundir import update_run_info, write_json
 
-    budget = prepare(cfg)
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 

@@ -302,13 +302,16 @@ def checkpoint_data(data: Any, trust: Sequence[str] = ()) -> tuple[dict[str, Any
     config: dict[str, Any] = {"_target_": DATA_MODULE}
     target = data.get("_target_", DATA_MODULE)
     try:
-        obj = resolve_target(target, trust) if isinstance(target, str) else None
-        from segexp.data.datamodule import SegDataModule
+        # segexp's own data module, named as segexp names it: resolving that exact path can only
+        # give SegDataModule, which is not imported (Lightning, seconds) just to compare.
+        if target != DATA_MODULE:
+            obj = resolve_target(target, trust) if isinstance(target, str) else None
+            from segexp.data.datamodule import SegDataModule
 
-        if obj is not SegDataModule:
-            if not _defined_in(obj, trust):
-                raise Refused("the data module of a checkpoint is segexp's SegDataModule")
-            config["_target_"] = target
+            if obj is not SegDataModule:
+                if not _defined_in(obj, trust):
+                    raise Refused("the data module of a checkpoint is segexp's SegDataModule")
+                config["_target_"] = target
     except Refused as why:
         problems.append(f"{key}._target_={target!r}: {why}")
     for name in DATA_FIELDS:
