@@ -236,25 +236,30 @@ def test_plain_run_is_left_alone_and_plain_resume_override_composes(compose_cfg,
     assert changed == {"resume", "ckpt_path"} and resumed.ckpt_path == str(last)
 
 
+@pytest.fixture(scope="module")
+def loader_workers_run(tmp_path_factory) -> tuple[list[str], dict]:
+    """The uninterrupted run both cases of the test below compare with: (overrides, metrics)."""
+    folder = tmp_path_factory.mktemp("loader-workers")
+    base = [
+        *TINY, "data.generate.num_train=12", "trainer.max_epochs=3", "data.num_workers=2",
+        "test=false", f"paths.data_dir={folder / 'data'}",
+    ]  # fmt: skip
+    original = folder / "original"
+    result = run_script("train.py", *base, f"hydra.run.dir={original}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base, json.loads((original / "metrics.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("epoch", "batch"), [(1, 0), (0, 2)], ids=["mid-epoch", "epoch-end"])
-def test_resume_with_loader_workers_equals_the_original(tmp_path, epoch, batch):
+def test_resume_with_loader_workers_equals_the_original(tmp_path, loader_workers_run, epoch, batch):
     """With loader workers, Lightning's restart starts the train iterator before set_epoch,
     and workers prefetch at once: the resumed epoch must still be drawn in its own order
     (it was drawn in epoch 0's order, so resumed runs trained on other data)."""
-    data = tmp_path / "data"
-    base = [
-        *TINY, "data.generate.num_train=12", "trainer.max_epochs=3", "data.num_workers=2",
-        "test=false", f"paths.data_dir={data}",
-    ]  # fmt: skip
-    original = tmp_path / "original"
-    result = run_script("train.py", *base, f"hydra.run.dir={original}")
-    assert result.returncode == 0, result.stderr[-3000:]
-
+    base, expected = loader_workers_run
     killed = tmp_path / "killed"
     result = train_until_sigterm(base, killed, epoch=epoch, batch=batch)
     assert result.returncode == 143, result.stderr[-3000:]
     result = run_script("train.py", f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = json.loads((original / "metrics.json").read_text())
     assert json.loads((killed / "metrics.json").read_text()) == expected
