@@ -28,10 +28,11 @@ train-debug: ## one batch of train/val/test, to check a config end to end
 
 # make test runs the test files in TEST_JOBS processes (pytest-xdist; one file stays in one
 # process, so its module fixtures are built once), each torch at one thread so that the
-# processes do not fight over the cores. TEST_JOBS=0: one process, torch's own thread count.
+# processes do not fight over the cores; the longest files first (tests/conftest.py, LONGEST_FIRST).
+# TEST_JOBS=0: one process, torch's own thread count.
 TEST_JOBS ?= 2
 PARALLEL = $(filter-out 0,$(TEST_JOBS))
-TEST_RUN = $(if $(PARALLEL),OMP_NUM_THREADS=1 )$(PY) -m pytest $(if $(PARALLEL),-n $(PARALLEL) --dist loadfile)
+TEST_RUN = $(if $(PARALLEL),OMP_NUM_THREADS=1 )$(PY) -m pytest $(if $(PARALLEL),-n $(PARALLEL) --dist loadfile --no-loadscope-reorder)
 
 test: ## run the whole test suite (what CI runs; TEST_JOBS=2 processes, 0 for one)
 	$(TEST_RUN) --durations=30 $(PYTEST_ARGS)

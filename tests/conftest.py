@@ -57,6 +57,51 @@ TINY = [
 ]
 
 
+# The longest test files (minutes each), measured: make test's processes take whole files, and
+# xdist would hand out the files with the most tests first, which left a one-test file of four
+# minutes to run alone at the end while the other process sat idle. These go first (make test
+# passes --no-loadscope-reorder), the rest after them in the same order xdist would use.
+LONGEST_FIRST = (
+    "tests/test_benchmarks_rest.py",
+    "tests/test_benchmarks.py",
+    "tests/run/test_slurm.py",
+    "tests/cli/test_user_project.py",
+    "tests/run/test_checkpoint_trust.py",
+    "tests/docs/test_docs.py",
+    "tests/run/test_reproduce.py",
+    "tests/run/test_checkpoint_faults.py",
+    "tests/infer/test_export.py",
+    "tests/run/test_compile.py",
+    "tests/run/test_resume_faults.py",
+    "tests/track/test_loggers_more.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files in LONGEST_FIRST order, then by their number of tests (most first); the tests of
+    one file stay together and in their order."""
+    stale = [name for name in LONGEST_FIRST if not (REPO / name).is_file()]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names missing files: {stale}")
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[file_of(item)] = counts.get(file_of(item), 0) + 1
+    order = {
+        name: position
+        for position, name in enumerate(
+            sorted(counts, key=lambda name: (rank.get(name, len(rank)), -counts[name]))
+        )
+    }
+    items[:] = [
+        item for _, item in sorted(enumerate(items), key=lambda p: (order[file_of(p[1])], p[0]))
+    ]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Under CI=true a skipped test fails, with the reason it would have skipped: a tool or
