@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -88,9 +89,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[file_of(item)] = counts.get(file_of(item), 0) + 1
+    counts = collections.Counter(file_of(item) for item in items)
     order = {
         name: position
         for position, name in enumerate(

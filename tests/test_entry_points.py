@@ -100,15 +100,11 @@ def test_misspelled_key_exits_2_with_hydras_message(tmp_path: Path, app: list[st
 
 def untrusted_checkpoint(folder: Path, compose_cfg) -> Path:
     """A checkpoint whose loss is ``os.system``: every loading command refuses it."""
-    import torch
-
-    from tests.tiny_checkpoint import write_checkpoint, write_folder_dataset
+    from tests.tiny_checkpoint import poisoned_copy, write_checkpoint, write_folder_dataset
 
     good = write_checkpoint(write_folder_dataset(folder) / "good.ckpt", compose_cfg)
-    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
-    checkpoint["hyper_parameters"]["loss"] = {"_target_": "os.system", "command": "true"}
-    torch.save(checkpoint, folder / "untrusted.ckpt")
-    return folder / "untrusted.ckpt"
+    attack = {"_target_": "os.system", "command": "true"}
+    return poisoned_copy(good, folder / "untrusted.ckpt", "hyper_parameters", "loss", attack)
 
 
 # (id, segexp arguments, text of the error); {tmp} is the test's folder, {bad} an untrusted checkpoint.

@@ -84,3 +84,15 @@ def normalise(image: np.ndarray, mean, std):
         std, np.float32
     )
     return torch.from_numpy(array.transpose(2, 0, 1)).unsqueeze(0)
+
+
+def poisoned_copy(good: Path, path: Path, section: str, key: str, config) -> Path:
+    """A copy of the checkpoint ``good`` at ``path`` with ``config`` in ``section[key]``
+    (``section`` "data" is the recorded ``run_config.data``)."""
+    import torch
+
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    parent = checkpoint["run_config"]["data"] if section == "data" else checkpoint[section]
+    parent[key] = config
+    torch.save(checkpoint, path)
+    return path

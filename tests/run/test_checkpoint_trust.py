@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from segexp.run.checkpoint import CheckpointError, load_module, untrusted_targets
 from tests.conftest import run_script
-from tests.tiny_checkpoint import write_checkpoint, write_folder_dataset
+from tests.tiny_checkpoint import poisoned_copy, write_checkpoint, write_folder_dataset
 
 
 def attacks(marker: Path) -> dict[str, tuple[str, str, dict]]:
@@ -82,14 +81,6 @@ def attacks(marker: Path) -> dict[str, tuple[str, str, dict]]:
     }
 
 
-def poison(checkpoint: dict, section: str, key: str, config) -> dict:
-    if section == "data":
-        checkpoint["run_config"]["data"][key] = config
-    else:
-        checkpoint[section][key] = config
-    return checkpoint
-
-
 @pytest.fixture
 def good(tmp_path, compose_cfg) -> Path:
     root = write_folder_dataset(tmp_path / "folder", labels=(0, 1, 2))
@@ -98,10 +89,7 @@ def good(tmp_path, compose_cfg) -> Path:
 
 def evil_checkpoint(good: Path, name: str, marker: Path) -> Path:
     section, key, config = attacks(marker)[name]
-    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
-    path = good.with_name(f"evil-{name}.ckpt")
-    torch.save(poison(checkpoint, section, key, config), path)
-    return path
+    return poisoned_copy(good, good.with_name(f"evil-{name}.ckpt"), section, key, config)
 
 
 def plain_instantiate(node):
@@ -300,10 +288,7 @@ def test_issue_payloads_are_live(name, tmp_path):
 
 def payload_checkpoint(good: Path, name: str, root: Path) -> Path:
     section, key, config = issue_payloads(root, 1e9)[name]
-    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
-    path = good.with_name(f"payload-{name}.ckpt")
-    torch.save(poison(checkpoint, section, key, config), path)
-    return path
+    return poisoned_copy(good, good.with_name(f"payload-{name}.ckpt"), section, key, config)
 
 
 def commands(good: Path, evil: Path, tmp_path: Path) -> dict[str, list[str]]:
