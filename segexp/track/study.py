@@ -270,12 +270,21 @@ def trials_left(trials: Iterable[Any], n_trials: int) -> int:
 
 
 def is_surplus(trials: Iterable[Any], number: int, n_trials: int) -> bool:
-    """Trial ``number`` came after the budget was full: ``n_trials`` counted trials precede it.
+    """Trial ``number`` came after the budget was full: ``n_trials`` trials precede it that
+    count or are queued.
 
     Two workers that both saw one trial left and both asked get different numbers; the
-    later one is surplus and is dropped without running.
+    later one is surplus and is dropped without running. A queued trial ahead of it (the
+    re-run of an interrupted trial, queued just after this worker found the queue empty)
+    will be run by whoever asks next, so it holds its place in the budget.
     """
-    ahead = sum(1 for t in trials if t.number < number and counts_toward_budget(t))
+    from optuna.trial import TrialState
+
+    ahead = sum(
+        1
+        for t in trials
+        if t.number < number and (counts_toward_budget(t) or t.state == TrialState.WAITING)
+    )
     return ahead >= n_trials
 
 

@@ -101,6 +101,28 @@ def test_budget_counts_every_worker_and_drops_surplus(tmp_path: Path) -> None:
     assert running.number != first.number
 
 
+def test_a_new_trial_behind_a_queued_rerun_is_surplus(tmp_path: Path) -> None:
+    """Worker C interrupts a dead trial and queues its re-run; worker B, which found the queue
+    still empty a moment before, creates a new trial behind it. Only one of the two may run
+    (three sweeps on PostgreSQL once ran 7 trials of 6 this way)."""
+    study = new_study(tmp_path)
+    dist = {"x": FloatDistribution(0.0, 1.0)}
+    for value in (0.1, 0.2, 0.3, 0.4):
+        study.tell(study.ask(dist), value)
+    dead = study.ask(dist)
+    assert studies.interrupt(study, dead, "its sweep process is gone")  # C queues the re-run
+    assert studies.trials_left(study.get_trials(deepcopy=False), 5) == 1  # B and C: one left
+    late = study._storage.create_new_trial(study._study_id)  # B: asked with an empty queue
+    trials = study.get_trials(deepcopy=False)
+    (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    late_number = study._storage.get_trial_number_from_id(late)
+    assert queued.number < late_number
+    assert studies.is_surplus(trials, late_number, 5)  # the queued re-run holds the last slot
+    retry = study.ask(dist)  # C pops the re-run
+    assert retry.number == queued.number
+    assert not studies.is_surplus(study.get_trials(deepcopy=False), retry.number, 5)
+
+
 def test_stale_trial_is_interrupted_once_and_requeued(tmp_path: Path) -> None:
     study = new_study(tmp_path)
     dist = {"x": FloatDistribution(0.0, 1.0)}
@@ -237,7 +259,11 @@ def check_shared_study(study, killed: int, dirs: dict[str, Path], n_trials: int)
     parameters, no trial run twice, every worker ran some, values as in metrics.json."""
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == n_trials, studies.state_counts(trials)
+    table = [  # printed when a check fails: who ran what, in order
+        (t.number, studies.state_counts([t]), t.user_attrs.get(studies.RETRY_OF_ATTR))
+        for t in trials
+    ]
+    assert len(complete) == n_trials, (studies.state_counts(trials), table)
     interrupted = trials[killed]
     assert interrupted.state == TrialState.FAIL
     assert studies.INTERRUPTED_ATTR in interrupted.system_attrs
