@@ -15,6 +15,7 @@ from hypothesis import Phase, settings
 from omegaconf import DictConfig, open_dict
 
 from segexp.configs import CONF_DIR
+from tests import forkrun
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR  # segexp/conf: the configs the package ships
@@ -101,6 +102,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The zygote that run_script forks commands from: the test files are imported, no test
+    has run yet (tests/forkrun.py)."""
+    forkrun.start_zygote()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Under CI=true a skipped test fails, with the reason it would have skipped: a tool or
@@ -158,8 +165,12 @@ def assert_means_of_classes(metrics: dict, split: str) -> None:
 
 
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a top-level script the way a user does (a fresh Python process)."""
+    """Run ``python *args`` the way a user does: a process of its own, as a fork of this one
+    that has the libraries imported already where that is faithful (``tests/forkrun.py``),
+    else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if forkrun.can_fork(args):
+        return forkrun.run(args, cwd=cwd, env=env, timeout=timeout)
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -1,0 +1,394 @@
+"""``python SCRIPT ARGS`` and ``python -m MODULE ARGS`` run as forks of a warm process.
+
+Most of the suite's time went into fresh interpreters importing torch, Lightning, smp and
+the rest (7 to 10 s of CPU each, a few hundred times). A test that runs a command the way a
+user does (``tests.conftest.run_script``) now gets a fork of a *zygote*: a process forked
+from the test process once its test files are imported (``pytest_collection_finish``),
+before any test runs, that waits for commands and forks one child for each. The child is a
+real process with its own pid, working folder, environment, output and exit status, that
+starts with those libraries already imported; what it then runs is what ``python SCRIPT``
+runs: the script as ``__main__`` (``runpy``), with ``sys.argv`` and ``sys.path`` as a fresh
+interpreter sets them.
+
+Why a zygote and not a fork of the test process itself: once a test has run a backward
+pass, torch refuses autograd in any fork of that process, and tests leave other state
+behind (signal handlers, torch switches, imported user modules).
+
+What the child does not inherit, so that it behaves like a fresh interpreter:
+- pytest's output capture, warning filters and recorder, log handlers, exit hooks, signal
+  handlers, blocked signals, fault handler and open files (all as Python starts them);
+- Hydra's global state and torch's process-wide switches (deterministic algorithms,
+  default dtype, grad mode).
+
+A fresh interpreter is still used where a fork would not be faithful:
+- ``SEGEXP_TEST_FRESH=1`` (every command, e.g. to rule the fork out when a test fails);
+- ``python -c ...`` and any other interpreter option (tests of start-up and imports);
+- unless ``OMP_NUM_THREADS=1`` (``make test`` sets it): OpenMP threads do not survive a fork;
+- when the test process had started CUDA before the zygote was made.
+Tests that check what a command imports, how fast it starts, or what a killed process
+leaves behind start their own processes and do not come through here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import importlib.machinery
+import io
+import json
+import logging
+import os
+import runpy
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+FRESH_ENV = "SEGEXP_TEST_FRESH"
+REPO = Path(__file__).resolve().parents[1]
+
+# The warning filters a (release build of) Python starts with; PYTHONWARNINGS goes in front.
+_START_FILTERS = [
+    ("default", None, DeprecationWarning, "__main__", 0),
+    ("ignore", None, DeprecationWarning, None, 0),
+    ("ignore", None, PendingDeprecationWarning, None, 0),
+    ("ignore", None, ImportWarning, None, 0),
+    ("ignore", None, ResourceWarning, None, 0),
+]
+_fresh_path: list[str] | None = None
+
+
+class _Zygote:
+    def __init__(self, pid: int, requests: int, replies: int) -> None:
+        self.pid, self.requests, self.replies = pid, requests, replies
+        self.buffer = b""
+        self.count = 0
+
+    def send(self, message: dict) -> None:
+        os.write(self.requests, (json.dumps(message) + "\n").encode())
+
+    def receive(self, deadline: float | None) -> dict | None:
+        """The next reply, or None at the deadline."""
+        while b"\n" not in self.buffer:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.replies], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(self.replies, 65536)
+            if not chunk:
+                raise RuntimeError("the test zygote exited")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+_zygote: _Zygote | None = None
+
+
+def start_zygote() -> None:
+    """Fork the zygote from this process (once); call it before any test runs."""
+    global _zygote
+    if _zygote is not None or not _fork_allowed():
+        return
+    base_path = fresh_sys_path()
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(requests_w)
+            os.close(replies_r)
+            _serve(requests_r, replies_w, base_path)
+        finally:
+            os._exit(0)
+    os.close(requests_r)
+    os.close(replies_w)
+    os.set_inheritable(requests_w, False)
+    os.set_inheritable(replies_r, False)
+    _zygote = _Zygote(pid, requests_w, replies_r)
+
+
+def _fork_allowed() -> bool:
+    if os.environ.get(FRESH_ENV, "") not in ("", "0") or not hasattr(os, "fork"):
+        return False
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        return False
+    torch = sys.modules.get("torch")
+    return torch is None or not torch.cuda.is_initialized()
+
+
+def can_fork(args: Sequence[str]) -> bool:
+    """True when ``python *args`` can run as a fork of the zygote (see the module doc)."""
+    if _zygote is None or not _fork_allowed() or not args:
+        return False
+    return (args[0] == "-m" and len(args) > 1) or not args[0].startswith("-")
+
+
+def fresh_sys_path() -> list[str]:
+    """``sys.path`` of a fresh interpreter, less its first entry (the script's folder)."""
+    global _fresh_path
+    if _fresh_path is None:
+        with tempfile.TemporaryDirectory() as empty:
+            out = subprocess.run(
+                [sys.executable, "-c", "import sys; print('\\n'.join(sys.path[1:]))"],
+                cwd=empty, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+        _fresh_path = out.stdout.splitlines()
+    return list(_fresh_path)
+
+
+def run(
+    args: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """``subprocess.run([sys.executable, *args], capture_output=True, text=True, ...)``, forked."""
+    assert _zygote is not None
+    command = [sys.executable, *args]
+    _zygote.count += 1
+    ident = _zygote.count
+    with tempfile.TemporaryDirectory(prefix="forkrun-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        _zygote.send(
+            {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
+             "out": str(out), "err": str(err)}
+        )  # fmt: skip
+        pid, status = None, None
+        try:
+            deadline = time.monotonic() + timeout
+            while status is None:
+                reply = _zygote.receive(deadline)
+                if reply is None:  # past the timeout
+                    if pid is not None:
+                        _kill(pid)
+                    while status is None:
+                        reply = _zygote.receive(None)
+                        if reply.get("id") == ident and "status" in reply:
+                            status = reply["status"]
+                    raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
+                if reply.get("id") != ident:
+                    continue  # left over from a run that was interrupted
+                pid = reply.get("pid", pid)
+                status = reply.get("status")
+        finally:
+            if status is None and pid is not None:  # interrupted while waiting
+                _kill(pid)
+        return subprocess.CompletedProcess(command, status, _text(out), _text(err))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _serve(requests: int, replies: int, base_path: list[str]) -> None:
+    """The zygote: fork one child per request; report its pid, then its exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the test process
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    keep = sorted({requests, replies})
+    os.closerange(3, keep[0])
+    for low, high in zip(keep, keep[1:] + [65536]):
+        os.closerange(low + 1, high)
+    reader = os.fdopen(requests, "rb")
+    for line in reader:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                reader.close()
+                os.close(replies)
+            finally:
+                _child(request, base_path)
+        os.write(replies, (json.dumps({"id": request["id"], "pid": pid}) + "\n").encode())
+        _, raw = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(raw)
+        os.write(replies, (json.dumps({"id": request["id"], "status": code}) + "\n").encode())
+
+
+def _text(path: Path) -> str:
+    """What ``text=True`` gives: the locale's encoding, universal newlines."""
+    import locale
+
+    data = path.read_bytes() if path.exists() else b""
+    text = data.decode(locale.getpreferredencoding(False))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _child(request: dict, base_path: list[str]) -> None:
+    code = 1
+    try:
+        cwd = Path(request["cwd"])
+        _become_fresh(cwd, request["env"], request["out"], request["err"])
+        code = _run_main(request["args"], cwd, base_path)
+        _exit_like_python()
+    except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def _become_fresh(cwd: Path, env: dict[str, str], out_path: str, err_path: str) -> None:
+    import faulthandler
+
+    faulthandler.disable()
+    # Signals: Python's start-up dispositions, nothing blocked.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for number in signal.valid_signals():
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    # Exit hooks: none of the test process's (pytest's, xdist's); the standard library's own.
+    atexit._clear()
+    atexit.register(logging.shutdown)
+    if "multiprocessing.util" in sys.modules:
+        import multiprocessing.process
+        import multiprocessing.util
+
+        multiprocessing.process._children.clear()
+        atexit.register(multiprocessing.util._exit_function)
+    import weakref
+
+    if weakref.finalize._registered_with_atexit:
+        atexit.register(weakref.finalize._exitfunc)
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Standard streams: stdin empty, stdout and stderr to the files the parent reads.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.close(out)
+    os.close(err)
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), line_buffering=True, write_through=unbuffered
+    )
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True,
+        write_through=True,
+    )  # fmt: skip
+    # Warnings and logging as Python starts them.
+    warnings.filters[:] = _START_FILTERS
+    warnings.showwarning = warnings._showwarning_orig
+    warnings._showwarnmsg_impl = _print_warning  # pytest's recorder otherwise
+    warnings._filters_mutated()
+    if env.get("PYTHONWARNINGS"):
+        warnings._processoptions(env["PYTHONWARNINGS"].split(","))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.disable(logging.NOTSET)
+    # Folder and environment.
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    # Library state a fresh process would not have.
+    if "hydra.core.global_hydra" in sys.modules:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+    if "torch" in sys.modules:
+        import torch
+
+        torch.use_deterministic_algorithms(False)
+        torch.set_default_dtype(torch.float32)
+        torch.set_grad_enabled(True)
+
+
+def _print_warning(message: warnings.WarningMessage) -> None:
+    """Python's own way to show a warning (``warnings._showwarnmsg_impl``)."""
+    file = message.file if message.file is not None else sys.stderr
+    if file is None:
+        return
+    try:
+        file.write(warnings._formatwarnmsg(message))
+    except OSError:
+        pass
+
+
+def _run_main(args: list[str], cwd: Path, base_path: list[str]) -> int:
+    """Run the script or module as ``__main__``; the exit status Python would give."""
+    sys.orig_argv = [sys.executable, *args]
+    try:
+        if args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]  # runpy puts the module's file in argv[0]
+            sys.path[:] = [str(cwd.resolve()), *base_path]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            # As Python runs a script: argv[0] as given, __file__ absolute, no __spec__.
+            script = (cwd / args[0]).resolve()
+            sys.argv = list(args)
+            sys.path[:] = [str(script.parent), *base_path]
+            main = types.ModuleType("__main__")
+            main.__file__ = str(script)
+            main.__loader__ = importlib.machinery.SourceFileLoader("__main__", str(script))
+            main.__builtins__ = builtins
+            sys.modules["__main__"] = main
+            with io.open_code(str(script)) as source:
+                code = compile(source.read(), str(script), "exec")
+            exec(code, main.__dict__)
+    except SystemExit as exit_:
+        if exit_.code is None:
+            return 0
+        if isinstance(exit_.code, int):
+            return exit_.code
+        print(exit_.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        _print_uncaught()
+        _exit_like_python()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)  # Python dies of the signal, as here
+        return 130
+    except BaseException:  # noqa: BLE001 - printed as Python prints an uncaught exception
+        _print_uncaught()
+        return 1
+    return 0
+
+
+def _print_uncaught() -> None:
+    """The traceback Python prints, from the script's frame on (this module's left out)."""
+    kind, error, trace = sys.exc_info()
+    trace = trace.tb_next if trace is not None else None
+    sys.excepthook(kind, error.with_traceback(trace), trace)
+
+
+def _exit_like_python() -> None:
+    """What the interpreter does at exit before it finalizes: join the threads that are not
+    daemons, run the exit hooks, flush the streams."""
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,126 @@
+"""The forked runner (tests/forkrun.py) behaves as a fresh ``python SCRIPT``: each check runs the
+same command both ways and compares what a test could see."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests import forkrun
+from tests.conftest import REPO, TINY, run_script
+
+PROBE = textwrap.dedent(
+    """
+    import atexit, json, logging, os, signal, sys, warnings
+    import probe_helper  # from the script's folder, like a user's own module
+    warnings.warn("a user warning")
+    atexit.register(lambda: print("atexit ran", flush=True))
+    handlers = {
+        name: str(signal.getsignal(getattr(signal, name)))
+        for name in ("SIGINT", "SIGTERM", "SIGPIPE", "SIGUSR1", "SIGALRM", "SIGCHLD")
+    }
+    print(json.dumps({
+        "argv": sys.argv,
+        "path0": sys.path[0],
+        "cwd": os.getcwd(),
+        "env": os.environ.get("PROBE_VALUE"),
+        "helper": probe_helper.VALUE,
+        "main": __name__,
+        "signals": handlers,
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "filters": [(f[0], f[2].__name__, f[3] and str(f[3])) for f in warnings.filters],
+        "root_handlers": len(logging.getLogger().handlers),
+    }))
+    code = sys.argv[1]
+    if code == "raise":
+        raise ValueError("uncaught")
+    if code == "text":
+        sys.exit("a message")
+    if code == "interrupt":
+        raise KeyboardInterrupt
+    sys.exit(int(code))
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def zygote() -> None:
+    """The zygote is made after collection when OMP_NUM_THREADS=1 (make test sets it)."""
+    if forkrun._zygote is None:
+        pytest.skip("no test zygote: run with OMP_NUM_THREADS=1, as make test does")
+
+
+@pytest.fixture
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "probe.py").write_text(PROBE)
+    (folder / "probe_helper.py").write_text("VALUE = 'first'\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PROBE_VALUE", "from the environment")
+    return folder
+
+
+def both(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch):
+    assert forkrun.can_fork(args)
+    forked = run_script(*args, cwd=cwd)
+    with monkeypatch.context() as fresh_only:
+        fresh_only.setenv(forkrun.FRESH_ENV, "1")
+        fresh = run_script(*args, cwd=cwd)
+    return forked, fresh
+
+
+@pytest.mark.parametrize("code", ["0", "3", "raise", "text", "interrupt"])
+def test_a_probe_sees_what_a_fresh_interpreter_shows_it(code, probe, monkeypatch):
+    forked, fresh = both("probe.py", code, cwd=probe, monkeypatch=monkeypatch)
+    expected = {"raise": 1, "text": 1, "interrupt": -signal.SIGINT}.get(code) or int(code)
+    assert (forked.returncode, fresh.returncode) == (expected, expected), (forked, fresh)
+    assert forked.stdout == fresh.stdout
+    assert forked.stderr == fresh.stderr
+    seen = json.loads(forked.stdout.splitlines()[0])
+    assert seen["path0"] == str(probe.resolve()) and seen["env"] == "from the environment"
+    assert seen["main"] == "__main__" and seen["argv"] == ["probe.py", code]
+    assert "atexit ran" in forked.stdout and "a user warning" in forked.stderr
+
+
+def test_a_hung_command_times_out_and_is_killed(probe, monkeypatch):
+    (probe / "hang.py").write_text(
+        "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(600)\n"
+    )
+    with pytest.raises(subprocess.TimeoutExpired) as expired:
+        run_script("hang.py", cwd=probe, timeout=2)
+    pid = int(expired.value.output.split()[0])
+    assert pid != os.getpid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert not forkrun.can_fork(("-c", "pass"))
+    assert forkrun.can_fork(("-m", "segexp.export"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # a parent's OpenMP threads do not survive a fork
+    assert not forkrun.can_fork(("train.py",))
+
+
+@pytest.mark.slow
+def test_a_tiny_training_gives_the_same_metrics_either_way(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    metrics = {}
+    for mode in ("fork", "fresh"):
+        if mode == "fresh":
+            monkeypatch.setenv(forkrun.FRESH_ENV, "1")
+        run = tmp_path / mode
+        result = run_script(
+            "train.py", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run}", cwd=REPO
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[mode] = json.loads((run / "metrics.json").read_text())
+    assert metrics["fork"] == metrics["fresh"]
+    assert "test/mIoU" in metrics["fork"]
