@@ -270,10 +270,19 @@ def _become_fresh(cwd: Path, env: dict[str, str], out_path: str, err_path: str) 
         import multiprocessing.process
         import multiprocessing.util
 
+        # As multiprocessing starts a forked child: none of the parent's children or
+        # finalizers (one removes its temporary folder), its after-fork hooks run.
         multiprocessing.process._children.clear()
+        multiprocessing.util._finalizer_registry.clear()
+        multiprocessing.util._run_after_forkers()
         atexit.register(multiprocessing.util._exit_function)
     import weakref
 
+    # The zygote's finalizers belong to the test process: one of them deletes wandb's
+    # staging folder for media (a TemporaryDirectory made at import), which the test
+    # process still uses. The command's own finalizers run at its exit as usual.
+    for finalizer in list(weakref.finalize._registry):
+        finalizer.detach()
     if weakref.finalize._registered_with_atexit:
         atexit.register(weakref.finalize._exitfunc)
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import pytest
 
 from tests import forkrun
 from tests.conftest import REPO, TINY, run_script
+
+# Made at import, so before the zygote: a test process's temporary folder (as wandb makes
+# one for media when it is imported), which no command may delete when it exits.
+KEPT = tempfile.TemporaryDirectory(prefix="forkrun-kept-")
 
 PROBE = textwrap.dedent(
     """
@@ -87,6 +92,12 @@ def test_a_probe_sees_what_a_fresh_interpreter_shows_it(code, probe, monkeypatch
     assert seen["path0"] == str(probe.resolve()) and seen["env"] == "from the environment"
     assert seen["main"] == "__main__" and seen["argv"] == ["probe.py", code]
     assert "atexit ran" in forked.stdout and "a user warning" in forked.stderr
+
+
+def test_a_command_leaves_the_test_processs_temporary_folders(probe, monkeypatch):
+    forked = run_script("probe.py", "0", cwd=probe)
+    assert forked.returncode == 0, forked.stderr
+    assert Path(KEPT.name).is_dir()
 
 
 def test_a_hung_command_times_out_and_is_killed(probe, monkeypatch):
