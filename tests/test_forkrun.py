@@ -69,10 +69,12 @@ def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "probe_helper.py").write_text("VALUE = 'first'\n")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PROBE_VALUE", "from the environment")
+    monkeypatch.delenv(forkrun.FRESH_ENV, raising=False)  # the suite may run with it set
     return folder
 
 
 def both(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(forkrun.FRESH_ENV, raising=False)  # the suite may run with it set
     assert forkrun.can_fork(args)
     forked = run_script(*args, cwd=cwd)
     with monkeypatch.context() as fresh_only:
@@ -114,6 +116,7 @@ def test_a_hung_command_times_out_and_is_killed(probe, monkeypatch):
 
 def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv(forkrun.FRESH_ENV, raising=False)
     assert not forkrun.can_fork(("-c", "pass"))
     assert forkrun.can_fork(("-m", "segexp.export"))
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # a parent's OpenMP threads do not survive a fork
@@ -123,6 +126,7 @@ def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):
 @pytest.mark.slow
 def test_a_tiny_training_gives_the_same_metrics_either_way(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv(forkrun.FRESH_ENV, raising=False)
     metrics = {}
     for mode in ("fork", "fresh"):
         if mode == "fresh":
