@@ -63,7 +63,6 @@ _START_FILTERS = [
     ("ignore", None, ImportWarning, None, 0),
     ("ignore", None, ResourceWarning, None, 0),
 ]
-_fresh_path: list[str] | None = None
 
 
 class _Zygote:
@@ -138,15 +137,12 @@ def can_fork(args: Sequence[str]) -> bool:
 
 def fresh_sys_path() -> list[str]:
     """``sys.path`` of a fresh interpreter, less its first entry (the script's folder)."""
-    global _fresh_path
-    if _fresh_path is None:
-        with tempfile.TemporaryDirectory() as empty:
-            out = subprocess.run(
-                [sys.executable, "-c", "import sys; print('\\n'.join(sys.path[1:]))"],
-                cwd=empty, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-        _fresh_path = out.stdout.splitlines()
-    return list(_fresh_path)
+    with tempfile.TemporaryDirectory() as empty:
+        out = subprocess.run(
+            [sys.executable, "-c", "import sys; print('\\n'.join(sys.path[1:]))"],
+            cwd=empty, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    return out.stdout.splitlines()
 
 
 def run(
