@@ -41,8 +41,8 @@ test-fast: ## the tests not marked slow
 	$(TEST_RUN) -m "not slow" $(PYTEST_ARGS)
 
 stress: ## SIGKILL a small run 30 times at random moments, resuming each time (KILLS=30); requeue a SLURM DDP job 20 times (SIGNALS=20)
-	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/run/test_checkpoint_faults.py -k sigkill $(PYTEST_ARGS)
-	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/run/test_slurm.py -k requeue $(PYTEST_ARGS)
+	SEGEXP_KILLS=$(or $(KILLS),30) $(PY) -m pytest -s tests/run/test_checkpoint_faults.py -k sigkill --timeout=0 $(PYTEST_ARGS)
+	SEGEXP_REQUEUE_SIGNALS=$${SIGNALS:-20} $(PY) -m pytest -s tests/run/test_slurm.py -k requeue --timeout=0 $(PYTEST_ARGS)
 
 # The core modules `make mutation` mutates (see [tool.mutmut] in pyproject.toml for the tests).
 # Each mutant's tests run in a child forked from mutmut's process: OMP_NUM_THREADS=1, since a

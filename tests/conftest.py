@@ -169,8 +169,29 @@ def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.C
     that has the libraries imported already where that is faithful (``tests/forkrun.py``),
     else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if forkrun.can_fork(args):
+
+    def fresh() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+
+    if not forkrun.can_fork(args):
+        return fresh()
+    # A fork that fails where a fresh interpreter would not is the test machinery's fault, not
+    # the command's: the fresh result stands, and the suite stops forking (a warning says why).
+    try:
         return forkrun.run(args, cwd=cwd, env=env, timeout=timeout)
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    except forkrun.ZygoteFailed as failure:
+        forkrun.retire(f"{failure}")
+        return fresh()
+    except subprocess.TimeoutExpired as forked:
+        try:
+            result = fresh()
+        except subprocess.TimeoutExpired:
+            raise forked from None  # it hangs either way: the command's fault
+        forkrun.retire(
+            f"python {' '.join(args)} (in {cwd}) ran past {timeout} s as a fork of the test "
+            "zygote, and finished in a fresh interpreter."
+        )
+        return result

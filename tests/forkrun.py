@@ -65,9 +65,41 @@ _START_FILTERS = [
 ]
 
 
+# The zygote answers within this: it forks a child on request and reaps a killed one at once.
+REPLY_S = 60.0
+
+
+class ZygoteGone(Exception):
+    """The zygote closed its end of the pipe."""
+
+
+class ZygoteFailed(RuntimeError):
+    """The zygote is gone or stuck; it has been put down (see ``_give_up``)."""
+
+
+class ZygoteWarning(UserWarning):
+    """The suite stopped forking commands and runs the rest in fresh interpreters."""
+
+
+def retire(why: str) -> None:
+    """Stop forking commands for the rest of this test process, and say why in the warnings
+    summary: the zygote is test machinery, so its failure must not fail the test it ran a
+    command for, nor pass unseen."""
+    global _zygote
+    zygote, _zygote = _zygote, None
+    if zygote is not None:
+        _kill(zygote.pid)
+        try:
+            os.waitpid(zygote.pid, 0)
+        except ChildProcessError:
+            pass
+    message = f"{why} The commands after this one start fresh interpreters."
+    warnings.warn(ZygoteWarning(message), stacklevel=3)  # at the test that ran the command
+
+
 class _Zygote:
-    def __init__(self, pid: int, requests: int, replies: int) -> None:
-        self.pid, self.requests, self.replies = pid, requests, replies
+    def __init__(self, pid: int, requests: int, replies: int, log: str) -> None:
+        self.pid, self.requests, self.replies, self.log = pid, requests, replies, log
         self.buffer = b""
         self.count = 0
 
@@ -83,7 +115,7 @@ class _Zygote:
                 return None
             chunk = os.read(self.replies, 65536)
             if not chunk:
-                raise RuntimeError("the test zygote exited")
+                raise ZygoteGone("it exited")
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
@@ -95,9 +127,15 @@ _zygote: _Zygote | None = None
 def start_zygote() -> None:
     """Fork the zygote from this process (once); call it before any test runs."""
     global _zygote
-    if _zygote is not None or not _fork_allowed(fresh_ok=True):
-        return
+    if _zygote is None and _fork_allowed(fresh_ok=True):
+        _zygote = fork_zygote()
+
+
+def fork_zygote() -> _Zygote:
+    """A zygote forked from this process as it is now."""
     base_path = fresh_sys_path()
+    log = tempfile.NamedTemporaryFile(prefix="forkrun-zygote-", suffix=".log", delete=False)
+    log.close()
     requests_r, requests_w = os.pipe()
     replies_r, replies_w = os.pipe()
     for stream in (sys.stdout, sys.stderr):
@@ -107,14 +145,24 @@ def start_zygote() -> None:
         try:
             os.close(requests_w)
             os.close(replies_r)
-            _serve(requests_r, replies_w, base_path)
+            _serve(requests_r, replies_w, base_path, log.name)
+        except BaseException:  # noqa: BLE001 - to the log the test process reads
+            traceback.print_exc()
         finally:
             os._exit(0)
     os.close(requests_r)
     os.close(replies_w)
     os.set_inheritable(requests_w, False)
     os.set_inheritable(replies_r, False)
-    _zygote = _Zygote(pid, requests_w, replies_r)
+    atexit.register(_remove, log.name)
+    return _Zygote(pid, requests_w, replies_r, log.name)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fork_allowed(fresh_ok: bool = False) -> bool:
@@ -150,36 +198,102 @@ def run(
 ) -> subprocess.CompletedProcess:
     """``subprocess.run([sys.executable, *args], capture_output=True, text=True, ...)``, forked."""
     assert _zygote is not None
+    zygote = _zygote
     command = [sys.executable, *args]
-    _zygote.count += 1
-    ident = _zygote.count
+    zygote.count += 1
+    ident = zygote.count
     with tempfile.TemporaryDirectory(prefix="forkrun-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        _zygote.send(
-            {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
-             "out": str(out), "err": str(err)}
-        )  # fmt: skip
         pid, status = None, None
         try:
-            deadline = time.monotonic() + timeout
+            zygote.send(
+                {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
+                 "out": str(out), "err": str(err), "ignored": _ignored_signals()}
+            )  # fmt: skip
+            started = time.monotonic()
+            deadline = started + timeout
             while status is None:
-                reply = _zygote.receive(deadline)
-                if reply is None:  # past the timeout
-                    if pid is not None:
-                        _kill(pid)
-                    while status is None:
-                        reply = _zygote.receive(None)
-                        if reply.get("id") == ident and "status" in reply:
-                            status = reply["status"]
+                # The zygote forks at once: a pid that is late means the zygote is stuck.
+                limit = deadline if pid is not None else min(deadline, started + REPLY_S)
+                reply = zygote.receive(limit)
+                if reply is None:
+                    if pid is None:
+                        _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
+                    _kill(pid)
+                    _await_status(zygote, ident)
                     raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
                 if reply.get("id") != ident:
                     continue  # left over from a run that was interrupted
                 pid = reply.get("pid", pid)
                 status = reply.get("status")
+        except (OSError, ZygoteGone) as error:
+            _give_up(zygote, str(error))
         finally:
             if status is None and pid is not None:  # interrupted while waiting
                 _kill(pid)
         return subprocess.CompletedProcess(command, status, _text(out), _text(err))
+
+
+def _ignored_signals() -> list[int]:
+    """The signals this process ignores, which a command it starts ignores too (an ignored
+    signal stays ignored across exec: a suite started in the background of a script has
+    SIGINT ignored); but not those subprocess sets back to default for the new program."""
+    reset = {signal.SIGPIPE, signal.SIGXFSZ}
+    return sorted(
+        int(number) for number in signal.valid_signals()
+        if number not in reset and signal.getsignal(number) == signal.SIG_IGN
+    )  # fmt: skip
+
+
+def _await_status(zygote: _Zygote, ident: int) -> int:
+    """The exit status of a command just killed: the zygote reaps it at once."""
+    deadline = time.monotonic() + REPLY_S
+    while True:
+        reply = zygote.receive(deadline)
+        if reply is None:
+            _give_up(zygote, f"it did not report a killed command's exit within {REPLY_S:.0f} s")
+        if reply.get("id") == ident and "status" in reply:
+            return reply["status"]
+
+
+def _give_up(zygote: _Zygote, why: str) -> None:
+    """A zygote that is gone or stuck fails the test that found it, with what the system knows
+    of it, and is put down: later commands start fresh interpreters instead of hanging."""
+    global _zygote
+    if _zygote is zygote:
+        _zygote = None
+    state = _process_state(zygote.pid)
+    try:
+        os.kill(zygote.pid, signal.SIGUSR1)  # it writes its Python stack to its log
+        time.sleep(1.0)
+    except ProcessLookupError:
+        pass
+    _kill(zygote.pid)
+    log = Path(zygote.log).read_text(errors="replace").strip() if Path(zygote.log).exists() else ""
+    try:
+        _, raw = os.waitpid(zygote.pid, 0)
+        ended = f"; it ended with status {os.waitstatus_to_exitcode(raw)}"
+    except ChildProcessError:
+        ended = ""
+    raise ZygoteFailed(
+        f"the test zygote (pid {zygote.pid}, tests/forkrun.py) failed: {why}{ended}; {state}."
+        + (f" What it wrote:\n{log}" if log else "")
+    )
+
+
+def _process_state(pid: int) -> str:
+    """What /proc says of a process: its state, where it sleeps in the kernel, its stack."""
+    proc = Path("/proc") / str(pid)
+    facts = []
+    for name in ("status", "wchan", "stack"):
+        try:
+            text = (proc / name).read_text(errors="replace")
+        except OSError:
+            continue
+        if name == "status":
+            text = " ".join(line for line in text.splitlines() if line.startswith("State:"))
+        facts.append(f"{name}: {' | '.join(text.split(chr(10)))}".strip())
+    return "; ".join(facts) or "no such process"
 
 
 def _kill(pid: int) -> None:
@@ -189,12 +303,23 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _serve(requests: int, replies: int, base_path: list[str]) -> None:
+def _serve(requests: int, replies: int, base_path: list[str], log: str) -> None:
     """The zygote: fork one child per request; report its pid, then its exit status."""
+    import faulthandler
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the test process
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it reaps its children (even if the suite
+    # ignores SIGCHLD, which would reap them for it); each child restores what exec would
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
+    # Its own errors, and its stack on SIGUSR1, go to a log the test process reads if it is stuck.
+    stderr = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(stderr, 2)
+    os.close(stderr)
+    faulthandler.disable()
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
     keep = sorted({requests, replies})
     os.closerange(3, keep[0])
     for low, high in zip(keep, keep[1:] + [65536]):
@@ -228,7 +353,7 @@ def _child(request: dict, base_path: list[str]) -> None:
     code = 1
     try:
         cwd = Path(request["cwd"])
-        _become_fresh(cwd, request["env"], request["out"], request["err"])
+        _become_fresh(cwd, request)
         code = _run_main(request["args"], cwd, base_path)
         _exit_like_python()
     except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
@@ -241,20 +366,25 @@ def _child(request: dict, base_path: list[str]) -> None:
         os._exit(code)
 
 
-def _become_fresh(cwd: Path, env: dict[str, str], out_path: str, err_path: str) -> None:
+def _become_fresh(cwd: Path, request: dict) -> None:
     import faulthandler
 
+    env, ignored = request["env"], set(request["ignored"])
+
     faulthandler.disable()
-    # Signals: Python's start-up dispositions, nothing blocked.
+    faulthandler.unregister(signal.SIGUSR1)  # the zygote's (_serve)
+    # Signals: what exec leaves (those the test process ignores stay ignored, the rest back to
+    # default), then Python's start-up handlers; nothing blocked.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for number in signal.valid_signals():
         if number in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            signal.signal(number, signal.SIG_DFL)
+            signal.signal(number, signal.SIG_IGN if number in ignored else signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):
             pass
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.SIGINT not in ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
@@ -283,8 +413,8 @@ def _become_fresh(cwd: Path, env: dict[str, str], out_path: str, err_path: str) 
         finalizer.detach()
     if weakref.finalize._registered_with_atexit:
         atexit.register(weakref.finalize._exitfunc)
-    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     # Standard streams: stdin empty, stdout and stderr to the files the parent reads.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -318,7 +448,12 @@ def _become_fresh(cwd: Path, env: dict[str, str], out_path: str, err_path: str) 
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    # Library state a fresh process would not have.
+    # Library state a fresh process would not have: the temporary folder as TMPDIR names it
+    # (tempfile caches the first it found), numpy's global generator seeded afresh (random's
+    # reseeds itself in a fork; numpy's would repeat the zygote's numbers in every command).
+    tempfile.tempdir = None
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     if "hydra.core.global_hydra" in sys.modules:
         from hydra.core.global_hydra import GlobalHydra
 

@@ -96,6 +96,18 @@ def test_a_probe_sees_what_a_fresh_interpreter_shows_it(code, probe, monkeypatch
     assert "atexit ran" in forked.stdout and "a user warning" in forked.stderr
 
 
+def test_a_signal_the_test_process_ignores_stays_ignored(probe, monkeypatch):
+    """As across exec: a suite started in the background of a script (``make test &``) has
+    SIGINT ignored, and so has every command it starts."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forked, fresh = both("probe.py", "0", cwd=probe, monkeypatch=monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert forked.stdout == fresh.stdout
+    assert json.loads(forked.stdout.splitlines()[0])["signals"]["SIGINT"] == "1"  # SIG_IGN
+
+
 def test_a_command_leaves_the_test_processs_temporary_folders(probe, monkeypatch):
     forked = run_script("probe.py", "0", cwd=probe)
     assert forked.returncode == 0, forked.stderr
@@ -139,3 +151,62 @@ def test_a_tiny_training_gives_the_same_metrics_either_way(tmp_path, data_dir, m
         metrics[mode] = json.loads((run / "metrics.json").read_text())
     assert metrics["fork"] == metrics["fresh"]
     assert "test/mIoU" in metrics["fork"]
+
+
+@pytest.fixture
+def spare_zygote(monkeypatch: pytest.MonkeyPatch):
+    """A second zygote in the suite's place, for tests that break it; the suite's is put back."""
+    spare = forkrun.fork_zygote()
+    monkeypatch.setattr(forkrun, "_zygote", spare)
+    monkeypatch.setattr(forkrun, "REPLY_S", 3.0)
+    yield spare
+    forkrun._kill(spare.pid)
+    try:
+        os.waitpid(spare.pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def test_a_stuck_zygote_is_put_down_and_the_command_runs_fresh(spare_zygote, probe):
+    """A zygote that stops answering (here: stopped) is given up on within REPLY_S instead of
+    the test waiting forever: the warnings summary says what /proc knew of it, the command
+    runs in a fresh interpreter, and so do the ones after it."""
+    os.kill(spare_zygote.pid, signal.SIGSTOP)
+    with pytest.warns(forkrun.ZygoteWarning, match=r"did not fork a command within 3 s.*T \(stop"):
+        result = run_script("probe.py", "0", cwd=probe, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["helper"] == "first"
+    assert forkrun._zygote is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(spare_zygote.pid, 0)  # put down and reaped
+    assert not forkrun.can_fork(("probe.py", "0"))
+
+
+def test_a_dead_zygote_names_how_it_died(spare_zygote, probe):
+    os.kill(spare_zygote.pid, signal.SIGKILL)
+    with pytest.raises(forkrun.ZygoteFailed, match=r"exited; it ended with status -9"):
+        forkrun.run(["probe.py", "0"], cwd=probe, env=dict(os.environ), timeout=300)
+    assert forkrun._zygote is None
+
+
+def test_a_zygote_given_up_on_shows_its_python_stack(spare_zygote):
+    """Where a live zygote waits (faulthandler writes its stack to its log on SIGUSR1): here in
+    _serve, reading the next request."""
+    with pytest.raises(forkrun.ZygoteFailed, match=r"(?s)a test's reason.*What it wrote:.*in _serve"):
+        forkrun._give_up(spare_zygote, "a test's reason")
+    assert forkrun._zygote is None
+
+
+def test_a_command_that_hangs_only_as_a_fork_gets_the_fresh_result(spare_zygote, probe):
+    """Were a fork to hang where a fresh interpreter does not (a lock the zygote copied while
+    held, say), that is the machinery's fault: the fresh run's result stands, with a warning."""
+    (probe / "fork_hangs.py").write_text(
+        "import sys, time\n"
+        "if 'tests.forkrun' in sys.modules:  # a fork of the zygote (of the test process)\n"
+        "    time.sleep(600)\n"
+        "print('finished')\n"
+    )
+    with pytest.warns(forkrun.ZygoteWarning, match=r"fork_hangs.py .*ran past 5 s as a fork"):
+        result = run_script("fork_hangs.py", cwd=probe, timeout=5)
+    assert (result.returncode, result.stdout) == (0, "finished\n")
+    assert forkrun._zygote is None

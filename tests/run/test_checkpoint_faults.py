@@ -203,6 +203,22 @@ def saved_epoch(path: Path) -> int | None:
         return None
 
 
+def watch_saves(process: subprocess.Popen, last: Path) -> dict[int, float]:
+    """When each epoch's checkpoint appeared at ``last``, while ``process`` runs."""
+    seen: dict[int, float] = {}
+    stamp = None
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        now = last.stat().st_mtime_ns if last.exists() else None
+        if now != stamp:
+            epoch = saved_epoch(last)
+            if epoch is not None:  # else it is being replaced: look again
+                stamp = now
+                seen.setdefault(epoch, time.monotonic())
+        time.sleep(0.005)
+    return seen
+
+
 def kill_at_random_moment(
     process: subprocess.Popen, run: Path, rng: random.Random, epoch_s: float
 ) -> bool:
@@ -245,13 +261,15 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, da
         logs = tmp_path / "logs"
         logs.mkdir()
         process = start([*base, f"hydra.run.dir={reference}"], tmpdir, logs / "reference.log")
+        saves = watch_saves(process, reference / "checkpoints" / "last.ckpt")
         assert process.wait(timeout=600) == 0, (logs / "reference.log").read_text()[-3000:]
         expected = json.loads((reference / "metrics.json").read_text())
-        # From the saved config (written once the run starts), not from the process start:
-        # the imports before it made epochs look longer, and a delay drawn from that once
-        # outlasted the run's last epochs, so nothing was killed.
-        began = (reference / ".hydra" / "config.yaml").stat().st_mtime
-        epoch_s = ((reference / "checkpoints" / "last.ckpt").stat().st_mtime - began) / EPOCHS
+        # The time from one epoch's checkpoint to the next, as the reference run took it. Any
+        # span that holds the run's start-up (imports, building, the sanity check) made epochs
+        # look longer, and twice a delay drawn from it outlasted the remaining epochs, so nothing
+        # was killed.
+        assert sorted(saves) == list(range(EPOCHS)), saves
+        epoch_s = (saves[EPOCHS - 1] - saves[0]) / (EPOCHS - 1)
 
         run = tmp_path / "killed"
         rng = random.Random(int(os.environ.get("SEGEXP_KILL_SEED", "0")))
