@@ -192,7 +192,9 @@ def test_a_dead_zygote_names_how_it_died(spare_zygote, probe):
 def test_a_zygote_given_up_on_shows_its_python_stack(spare_zygote):
     """Where a live zygote waits (faulthandler writes its stack to its log on SIGUSR1): here in
     _serve, reading the next request."""
-    with pytest.raises(forkrun.ZygoteFailed, match=r"(?s)a test's reason.*What it wrote:.*in _serve"):
+    with pytest.raises(
+        forkrun.ZygoteFailed, match=r"(?s)a test's reason.*What it wrote:.*in _serve"
+    ):
         forkrun._give_up(spare_zygote, "a test's reason")
     assert forkrun._zygote is None
 
