@@ -213,15 +213,16 @@ def run(
             started = time.monotonic()
             deadline = started + timeout
             while status is None:
-                # The zygote forks at once: a pid that is late means the zygote is stuck.
-                limit = deadline if pid is not None else min(deadline, started + REPLY_S)
-                reply = zygote.receive(limit)
-                if reply is None:
-                    if pid is None:
+                if pid is None:  # the zygote forks at once: a late pid means it is stuck
+                    reply = zygote.receive(started + REPLY_S)
+                    if reply is None:
                         _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
-                    _kill(pid)
-                    _await_status(zygote, ident)
-                    raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
+                else:
+                    reply = zygote.receive(deadline)
+                    if reply is None:  # past the command's timeout
+                        _kill(pid)
+                        _await_status(zygote, ident)
+                        raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
                 if reply.get("id") != ident:
                     continue  # left over from a run that was interrupted
                 pid = reply.get("pid", pid)

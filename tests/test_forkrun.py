@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,20 @@ def test_a_command_that_hangs_only_as_a_fork_gets_the_fresh_result(spare_zygote,
         result = run_script("fork_hangs.py", cwd=probe, timeout=5)
     assert (result.returncode, result.stdout) == (0, "finished\n")
     assert forkrun._zygote is None
+
+
+def test_a_timeout_shorter_than_a_slow_fork_is_the_commands_not_the_zygotes(spare_zygote, probe):
+    """A zygote slow to fork (here: stopped for 1 s) is waited for up to REPLY_S even when the
+    command's own timeout is shorter; the command then times out as usual, zygote kept."""
+    (probe / "hang.py").write_text("import time\ntime.sleep(600)\n")
+    os.kill(spare_zygote.pid, signal.SIGSTOP)
+    resume = threading.Timer(1.0, os.kill, (spare_zygote.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            forkrun.run(["hang.py"], cwd=probe, env=dict(os.environ), timeout=0.5)
+    finally:
+        resume.join()
+    assert forkrun._zygote is spare_zygote
+    again = forkrun.run(["probe.py", "0"], cwd=probe, env=dict(os.environ), timeout=300)
+    assert again.returncode == 0, again.stderr
