@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,10 @@ def test_a_stuck_zygote_is_put_down_and_the_command_runs_fresh(spare_zygote, pro
 
 def test_a_dead_zygote_names_how_it_died(spare_zygote, probe):
     os.kill(spare_zygote.pid, signal.SIGKILL)
-    with pytest.raises(forkrun.ZygoteFailed, match=r"exited; it ended with status -9"):
+    stat = Path(f"/proc/{spare_zygote.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # dead, its pipes closed
+        time.sleep(0.01)
+    with pytest.raises(forkrun.ZygoteFailed, match=r"Broken pipe; it ended with status -9"):
         forkrun.run(["probe.py", "0"], cwd=probe, env=dict(os.environ), timeout=300)
     assert forkrun._zygote is None
 
