@@ -88,11 +88,7 @@ def retire(why: str) -> None:
     global _zygote
     zygote, _zygote = _zygote, None
     if zygote is not None:
-        _kill(zygote.pid)
-        try:
-            os.waitpid(zygote.pid, 0)
-        except ChildProcessError:
-            pass
+        put_down(zygote.pid)
     message = f"{why} The commands after this one start fresh interpreters."
     warnings.warn(ZygoteWarning(message), stacklevel=3)  # at the test that ran the command
 
@@ -258,8 +254,8 @@ def _await_status(zygote: _Zygote, ident: int) -> int:
 
 
 def _give_up(zygote: _Zygote, why: str) -> None:
-    """A zygote that is gone or stuck fails the test that found it, with what the system knows
-    of it, and is put down: later commands start fresh interpreters instead of hanging."""
+    """Put down a zygote that is gone or stuck, and raise ZygoteFailed with what the system
+    knew of it (run_script then runs the command, and the later ones, fresh)."""
     global _zygote
     if _zygote is zygote:
         _zygote = None
@@ -269,13 +265,9 @@ def _give_up(zygote: _Zygote, why: str) -> None:
         time.sleep(1.0)
     except ProcessLookupError:
         pass
-    _kill(zygote.pid)
+    code = put_down(zygote.pid)
+    ended = f"; it ended with status {code}" if code is not None else ""
     log = Path(zygote.log).read_text(errors="replace").strip() if Path(zygote.log).exists() else ""
-    try:
-        _, raw = os.waitpid(zygote.pid, 0)
-        ended = f"; it ended with status {os.waitstatus_to_exitcode(raw)}"
-    except ChildProcessError:
-        ended = ""
     raise ZygoteFailed(
         f"the test zygote (pid {zygote.pid}, tests/forkrun.py) failed: {why}{ended}; {state}."
         + (f" What it wrote:\n{log}" if log else "")
@@ -295,6 +287,16 @@ def _process_state(pid: int) -> str:
             text = " ".join(line for line in text.splitlines() if line.startswith("State:"))
         facts.append(f"{name}: {' | '.join(text.split(chr(10)))}".strip())
     return "; ".join(facts) or "no such process"
+
+
+def put_down(pid: int) -> int | None:
+    """SIGKILL a zygote and reap it: its exit status, or None if it was reaped already."""
+    _kill(pid)
+    try:
+        _, raw = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(raw)
 
 
 def _kill(pid: int) -> None:

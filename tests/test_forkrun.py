@@ -162,11 +162,7 @@ def spare_zygote(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(forkrun, "_zygote", spare)
     monkeypatch.setattr(forkrun, "REPLY_S", 3.0)
     yield spare
-    forkrun._kill(spare.pid)
-    try:
-        os.waitpid(spare.pid, 0)
-    except ChildProcessError:
-        pass
+    forkrun.put_down(spare.pid)
 
 
 def test_a_stuck_zygote_is_put_down_and_the_command_runs_fresh(spare_zygote, probe):
