@@ -6,7 +6,7 @@ import collections
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -164,11 +164,30 @@ def assert_means_of_classes(metrics: dict, split: str) -> None:
         assert metrics[f"{split}/{mean}"] == pytest.approx(sum(values) / len(values), abs=1e-6)
 
 
-def run_script(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+def start_script(
+    *args: str, output: Path, cwd: Path = REPO, env: Mapping[str, str] | None = None
+) -> subprocess.Popen | forkrun.Forked:
+    """Start ``python *args`` with its stdout and stderr in the file ``output``, and return at
+    once: ``subprocess.Popen`` of a fresh interpreter, or the same calls (``pid``, ``poll``,
+    ``wait``, ``kill``, ``send_signal``) on a fork of the zygote where ``run_script`` forks."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    if forkrun.can_fork(args):
+        try:
+            return forkrun.spawn(args, cwd=cwd, env=env, output=output)
+        except forkrun.ZygoteFailed as failure:
+            forkrun.retire(f"{failure}")
+    with open(output, "w") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=out)
+
+
+def run_script(
+    *args: str, cwd: Path = REPO, timeout: int = 600, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python *args`` the way a user does: a process of its own, as a fork of this one
     that has the libraries imported already where that is faithful (``tests/forkrun.py``),
-    else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one). ``env``: the command's
+    environment (default: this process's)."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
 
     def fresh() -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -25,8 +25,10 @@ A fresh interpreter is still used where a fork would not be faithful:
 - ``python -c ...`` and any other interpreter option (tests of start-up and imports);
 - unless ``OMP_NUM_THREADS=1`` (``make test`` sets it): OpenMP threads do not survive a fork;
 - when the test process had started CUDA before the zygote was made.
-Tests that check what a command imports, how fast it starts, or what a killed process
-leaves behind start their own processes and do not come through here.
+Tests that check what a command imports or how fast it starts start their own processes
+and do not come through here. A test that must act on a command while it runs (kill it,
+signal it) starts it with ``tests.conftest.start_script``: a fork too where this allows
+(``spawn``, one at a time), with ``subprocess.Popen``'s calls.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class _Zygote:
         self.pid, self.requests, self.replies, self.log = pid, requests, replies, log
         self.buffer = b""
         self.count = 0
+        self.running: Forked | None = None  # the command it runs now, if spawned
 
     def send(self, message: dict) -> None:
         os.write(self.requests, (json.dumps(message) + "\n").encode())
@@ -176,6 +179,8 @@ def can_fork(args: Sequence[str]) -> bool:
     """True when ``python *args`` can run as a fork of the zygote (see the module doc)."""
     if _zygote is None or not _fork_allowed() or not args:
         return False
+    if _zygote.running is not None and _zygote.running.poll() is None:
+        return False  # it runs one command at a time: this one starts fresh
     return (args[0] == "-m" and len(args) > 1) or not args[0].startswith("-")
 
 
@@ -193,42 +198,107 @@ def run(
     args: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float
 ) -> subprocess.CompletedProcess:
     """``subprocess.run([sys.executable, *args], capture_output=True, text=True, ...)``, forked."""
-    assert _zygote is not None
-    zygote = _zygote
-    command = [sys.executable, *args]
-    zygote.count += 1
-    ident = zygote.count
     with tempfile.TemporaryDirectory(prefix="forkrun-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        pid, status = None, None
+        started = time.monotonic()
+        forked = _start(args, cwd, env, out, err)
         try:
-            zygote.send(
-                {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
-                 "out": str(out), "err": str(err), "ignored": _ignored_signals()}
-            )  # fmt: skip
-            started = time.monotonic()
-            deadline = started + timeout
-            while status is None:
-                if pid is None:  # the zygote forks at once: a late pid means it is stuck
-                    reply = zygote.receive(started + REPLY_S)
-                    if reply is None:
-                        _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
-                else:
-                    reply = zygote.receive(deadline)
-                    if reply is None:  # past the command's timeout
-                        _kill(pid)
-                        _await_status(zygote, ident)
-                        raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
-                if reply.get("id") != ident:
-                    continue  # left over from a run that was interrupted
-                pid = reply.get("pid", pid)
-                status = reply.get("status")
-        except (OSError, ZygoteGone) as error:
-            _give_up(zygote, str(error))
+            try:
+                # The pid may come late (a busy machine): the timeout counts from the request.
+                forked.wait(max(0.0, started + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                forked.kill()
+                try:
+                    forked.wait(REPLY_S)  # the zygote reaps a killed command at once
+                except subprocess.TimeoutExpired:
+                    _give_up(
+                        forked.zygote,
+                        f"it did not report a killed command's exit within {REPLY_S:.0f} s",
+                    )
+                raise subprocess.TimeoutExpired(
+                    forked.args, timeout, _text(out), _text(err)
+                ) from None
         finally:
-            if status is None and pid is not None:  # interrupted while waiting
-                _kill(pid)
-        return subprocess.CompletedProcess(command, status, _text(out), _text(err))
+            if forked.returncode is None:  # interrupted while waiting
+                _kill(forked.pid)
+        return subprocess.CompletedProcess(forked.args, forked.returncode, _text(out), _text(err))
+
+
+def spawn(args: Sequence[str], cwd: Path, env: Mapping[str, str], output: Path) -> Forked:
+    """``subprocess.Popen([sys.executable, *args], stdout=f, stderr=f, ...)`` with ``f`` the
+    file ``output``, forked: returns at once, with the command running."""
+    with open(output, "w"):  # there on return, as Popen's caller opened it
+        pass
+    return _start(args, cwd, env, output, output)
+
+
+class Forked:
+    """A command the zygote forked, as ``subprocess.Popen`` shows a process: ``pid``, ``args``,
+    ``returncode``, ``poll()``, ``wait()``, ``send_signal()``, ``terminate()``, ``kill()``.
+    The zygote runs one command at a time: while this one runs, ``can_fork`` says no."""
+
+    def __init__(self, zygote: _Zygote, ident: int, pid: int, args: list[str]) -> None:
+        self.zygote, self.ident, self.pid, self.args = zygote, ident, pid, args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._collect(time.monotonic())
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._collect(deadline) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:  # not reaped yet: the pid is still this command's
+            os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _collect(self, deadline: float | None) -> int | None:
+        """The exit status once the zygote reported it (by ``deadline``), else None."""
+        while self.returncode is None:
+            try:
+                reply = self.zygote.receive(deadline)
+            except (OSError, ZygoteGone) as error:
+                _kill(self.pid)
+                _give_up(self.zygote, str(error))
+            if reply is None:
+                break
+            if reply.get("id") == self.ident and "status" in reply:
+                self.returncode = reply["status"]
+                self.zygote.running = None
+        return self.returncode
+
+
+def _start(args: Sequence[str], cwd: Path, env: Mapping[str, str], out: Path, err: Path) -> Forked:
+    """Ask the zygote to fork ``python *args``; the command once it has a pid (the zygote forks
+    at once: no pid within REPLY_S means it is stuck, and it is given up on)."""
+    assert _zygote is not None and _zygote.running is None
+    zygote = _zygote
+    zygote.count += 1
+    ident = zygote.count
+    try:
+        zygote.send(
+            {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
+             "out": str(out), "err": str(err), "ignored": _ignored_signals()}
+        )  # fmt: skip
+        deadline = time.monotonic() + REPLY_S
+        while True:
+            reply = zygote.receive(deadline)
+            if reply is None:
+                _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
+            if reply.get("id") == ident and "pid" in reply:
+                break  # else left over from a command that was interrupted
+    except (OSError, ZygoteGone) as error:
+        _give_up(zygote, str(error))
+    zygote.running = Forked(zygote, ident, reply["pid"], [sys.executable, *args])
+    return zygote.running
 
 
 def _ignored_signals() -> list[int]:
@@ -240,17 +310,6 @@ def _ignored_signals() -> list[int]:
         int(number) for number in signal.valid_signals()
         if number not in reset and signal.getsignal(number) == signal.SIG_IGN
     )  # fmt: skip
-
-
-def _await_status(zygote: _Zygote, ident: int) -> int:
-    """The exit status of a command just killed: the zygote reaps it at once."""
-    deadline = time.monotonic() + REPLY_S
-    while True:
-        reply = zygote.receive(deadline)
-        if reply is None:
-            _give_up(zygote, f"it did not report a killed command's exit within {REPLY_S:.0f} s")
-        if reply.get("id") == ident and "status" in reply:
-            return reply["status"]
 
 
 def _give_up(zygote: _Zygote, why: str) -> None:
@@ -417,7 +476,10 @@ def _become_fresh(cwd: Path, request: dict) -> None:
     if weakref.finalize._registered_with_atexit:
         atexit.register(weakref.finalize._exitfunc)
     out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if request["err"] == request["out"]:  # one file, one offset, as Popen(stdout=f, stderr=f)
+        err = os.dup(out)
+    else:
+        err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     # Standard streams: stdin empty, stdout and stderr to the files the parent reads.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import forkrun
-from tests.conftest import REPO, TINY, run_script
+from tests.conftest import REPO, TINY, run_script, start_script
 
 # Made at import, so before the zygote: a test process's temporary folder (as wandb makes
 # one for media when it is imported), which no command may delete when it exits.
@@ -126,6 +126,53 @@ def test_a_hung_command_times_out_and_is_killed(probe, monkeypatch):
     assert pid != os.getpid()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+SLOW = textwrap.dedent(
+    """
+    import signal, sys, time
+    print("out", flush=True)
+    print("err", file=sys.stderr, flush=True)
+    print("out again", flush=True)
+    if sys.argv[1] == "handle":  # as segexp's runs do: stop cleanly on SIGTERM
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize(("how", "expected"), [("kill", -9), ("terminate", 7)])
+def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypatch):
+    """start_script: poll while it runs, then the signal's exit status and one output file in
+    the order written, as subprocess.Popen gives; while a spawned command runs, other commands
+    start fresh (the zygote runs one at a time)."""
+    (probe / "slow.py").write_text(SLOW)
+    handling = "handle" if how == "terminate" else "ignore"
+    seen = {}
+    for mode in ("fork", "fresh"):
+        if mode == "fresh":
+            monkeypatch.setenv(forkrun.FRESH_ENV, "1")
+        log = probe / f"{mode}.log"
+        process = start_script("slow.py", handling, output=log, cwd=probe)
+        assert isinstance(process, forkrun.Forked) == (mode == "fork")
+        try:
+            deadline = time.monotonic() + 60
+            while log.read_text().count("\n") < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert process.poll() is None and process.returncode is None
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=0.1)
+            if mode == "fork":
+                assert not forkrun.can_fork(("probe.py", "0"))  # busy: the next one is fresh
+            getattr(process, how)()
+            seen[mode] = (process.wait(timeout=60), process.poll(), log.read_text())
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert seen["fork"] == seen["fresh"] == (expected, expected, "out\nerr\nout again\n")
+    monkeypatch.delenv(forkrun.FRESH_ENV)
+    assert forkrun.can_fork(("probe.py", "0"))  # free again once the status was read
 
 
 def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_script
 from tests.docs import doccmds
 from tests.docs.doccmds import QUICK, ROOT, Command, check, commands, pages
 
@@ -146,10 +147,7 @@ def test_runnable_blocks_run(block: list[Command], tmp_path: Path) -> None:
             args = [a.replace("{run}", newest_train_run(tmp_path)) for a in args]
         if argv[0] == "train" and not any(a.startswith(("reproduce=", "resume=")) for a in args):
             args += QUICK
-        result = subprocess.run(
-            [sys.executable, "-m", "segexp", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        result = run_script("-m", "segexp", *args, cwd=tmp_path, env=env)
         assert result.returncode == 0, f"{command.where()}: {command.text}\n{result.stderr[-3000:]}"
 
 

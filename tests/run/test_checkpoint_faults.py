@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from segexp.run.ckpt_io import (
     save_atomic,
     sweep_partial,
 )
-from tests.conftest import REPO, TINY, run_script
+from tests import forkrun
+from tests.conftest import TINY, run_script, start_script
 from tests.run.test_signals import signal_at
 
 KILLS = int(os.environ.get("SEGEXP_KILLS", "3"))
@@ -182,14 +182,10 @@ def other_filesystem_tmpdir(run_root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="segexp-faults-"))
 
 
-def start(args: list[str], tmpdir: Path, log: Path) -> subprocess.Popen:
+def start(args: list[str], tmpdir: Path, log: Path) -> subprocess.Popen | forkrun.Forked:
     """``train.py args`` with ``$TMPDIR`` set; stdout and stderr go to ``log`` (a pipe nobody
     reads while waiting for the kill could fill and stall the run)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmpdir)}
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=out, stderr=out
-        )
+    return start_script("train.py", *args, output=log, env={**os.environ, "TMPDIR": str(tmpdir)})
 
 
 EPOCHS = 4  # SMALL's: the last checkpoint a run writes is epoch 3's
@@ -203,7 +199,7 @@ def saved_epoch(path: Path) -> int | None:
         return None
 
 
-def watch_saves(process: subprocess.Popen, last: Path) -> dict[int, float]:
+def watch_saves(process: subprocess.Popen | forkrun.Forked, last: Path) -> dict[int, float]:
     """When each epoch's checkpoint appeared at ``last``, while ``process`` runs."""
     seen: dict[int, float] = {}
     stamp = None
@@ -220,7 +216,7 @@ def watch_saves(process: subprocess.Popen, last: Path) -> dict[int, float]:
 
 
 def kill_at_random_moment(
-    process: subprocess.Popen, run: Path, rng: random.Random, epoch_s: float
+    process: subprocess.Popen | forkrun.Forked, run: Path, rng: random.Random, epoch_s: float
 ) -> bool:
     """SIGKILL ``process`` while it trains: half the time in the middle of a checkpoint save
     (its temporary file exists), else a random time (up to half an epoch, ``epoch_s``) after
@@ -256,6 +252,7 @@ def kill_at_random_moment(
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, data_dir):
     base = [*SMALL, f"paths.data_dir={data_dir}"]
     tmpdir = other_filesystem_tmpdir(tmp_path)
+    process = None
     try:
         reference = tmp_path / "reference"
         logs = tmp_path / "logs"
@@ -297,4 +294,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, da
         assert len(names) == 2 and names[0].startswith("best-") and names[1] == "last.ckpt"
         print(f"{kills} SIGKILLs while training, then resumed to the uninterrupted run's metrics")
     finally:
+        if process is not None and process.poll() is None:  # a failed check left it running
+            process.kill()
+            process.wait()
         shutil.rmtree(tmpdir, ignore_errors=True)
