@@ -21,7 +21,7 @@ import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, run_script
 
 # The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
 optuna = pytest.importorskip(
@@ -322,18 +322,14 @@ def pruned_sweep(
     )
     for lr in (1e-7, 0.01):
         study.enqueue_trial({"optimizer.lr": lr})
-    result = subprocess.run(
-        [
-            sys.executable, "train.py", "hparams_search=optuna", *TINY,
-            f"trainer.max_epochs={PRUNE_EPOCHS}", "test=false", "callbacks.image_logger=null",
-            "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.model", "loss=ce",
-            "optimizer.weight_decay=0.0", "optimizer.lr=tag(log, interval(1e-7, 1e-1))",
-            "hparams_search.pruner=median", "hparams_search.n_startup_trials=1",
-            "hparams_search.warmup_epochs=1", f"paths.data_dir={data_dir}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-        timeout=900,
+    result = run_script(
+        "train.py", "hparams_search=optuna", *TINY,
+        f"trainer.max_epochs={PRUNE_EPOCHS}", "test=false", "callbacks.image_logger=null",
+        "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.model", "loss=ce",
+        "optimizer.weight_decay=0.0", "optimizer.lr=tag(log, interval(1e-7, 1e-1))",
+        "hparams_search.pruner=median", "hparams_search.n_startup_trials=1",
+        "hparams_search.warmup_epochs=1", f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}", timeout=900,
     )  # fmt: skip
     return sweep, result
 
