@@ -28,7 +28,7 @@ A fresh interpreter is still used where a fork would not be faithful:
 Tests that check what a command imports or how fast it starts start their own processes
 and do not come through here. A test that must act on a command while it runs (kill it,
 signal it) starts it with ``tests.conftest.start_script``: a fork too where this allows
-(``spawn``, one at a time), with ``subprocess.Popen``'s calls.
+(``spawn``), with ``subprocess.Popen``'s calls; the zygote runs commands side by side.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class _Zygote:
         self.pid, self.requests, self.replies, self.log = pid, requests, replies, log
         self.buffer = b""
         self.count = 0
-        self.running: Forked | None = None  # the command it runs now, if spawned
+        self.answers: dict[tuple[int, str], int] = {}  # (id, "pid" or "status") -> value
 
     def send(self, message: dict) -> None:
         os.write(self.requests, (json.dumps(message) + "\n").encode())
@@ -118,6 +118,18 @@ class _Zygote:
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
+
+    def answer(self, ident: int, key: str, deadline: float | None) -> int | None:
+        """The pid (``key="pid"``) or exit status (``"status"``) of command ``ident``, or None
+        at the deadline; the replies for other commands are kept for them."""
+        while (ident, key) not in self.answers:
+            reply = self.receive(deadline)
+            if reply is None:
+                return None
+            for name in ("pid", "status"):
+                if name in reply:
+                    self.answers[(reply["id"], name)] = reply[name]
+        return self.answers.pop((ident, key))
 
 
 _zygote: _Zygote | None = None
@@ -179,8 +191,6 @@ def can_fork(args: Sequence[str]) -> bool:
     """True when ``python *args`` can run as a fork of the zygote (see the module doc)."""
     if _zygote is None or not _fork_allowed() or not args:
         return False
-    if _zygote.running is not None and _zygote.running.poll() is None:
-        return False  # it runs one command at a time: this one starts fresh
     return (args[0] == "-m" and len(args) > 1) or not args[0].startswith("-")
 
 
@@ -234,8 +244,7 @@ def spawn(args: Sequence[str], cwd: Path, env: Mapping[str, str], output: Path) 
 
 class Forked:
     """A command the zygote forked, as ``subprocess.Popen`` shows a process: ``pid``, ``args``,
-    ``returncode``, ``poll()``, ``wait()``, ``send_signal()``, ``terminate()``, ``kill()``.
-    The zygote runs one command at a time: while this one runs, ``can_fork`` says no."""
+    ``returncode``, ``poll()``, ``wait()``, ``send_signal()``, ``terminate()``, ``kill()``."""
 
     def __init__(self, zygote: _Zygote, ident: int, pid: int, args: list[str]) -> None:
         self.zygote, self.ident, self.pid, self.args = zygote, ident, pid, args
@@ -262,24 +271,19 @@ class Forked:
 
     def _collect(self, deadline: float | None) -> int | None:
         """The exit status once the zygote reported it (by ``deadline``), else None."""
-        while self.returncode is None:
+        if self.returncode is None:
             try:
-                reply = self.zygote.receive(deadline)
+                self.returncode = self.zygote.answer(self.ident, "status", deadline)
             except (OSError, ZygoteGone) as error:
                 _kill(self.pid)
                 _give_up(self.zygote, str(error))
-            if reply is None:
-                break
-            if reply.get("id") == self.ident and "status" in reply:
-                self.returncode = reply["status"]
-                self.zygote.running = None
         return self.returncode
 
 
 def _start(args: Sequence[str], cwd: Path, env: Mapping[str, str], out: Path, err: Path) -> Forked:
     """Ask the zygote to fork ``python *args``; the command once it has a pid (the zygote forks
     at once: no pid within REPLY_S means it is stuck, and it is given up on)."""
-    assert _zygote is not None and _zygote.running is None
+    assert _zygote is not None
     zygote = _zygote
     zygote.count += 1
     ident = zygote.count
@@ -288,17 +292,12 @@ def _start(args: Sequence[str], cwd: Path, env: Mapping[str, str], out: Path, er
             {"id": ident, "args": list(args), "cwd": str(cwd), "env": dict(env),
              "out": str(out), "err": str(err), "ignored": _ignored_signals()}
         )  # fmt: skip
-        deadline = time.monotonic() + REPLY_S
-        while True:
-            reply = zygote.receive(deadline)
-            if reply is None:
-                _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
-            if reply.get("id") == ident and "pid" in reply:
-                break  # else left over from a command that was interrupted
+        pid = zygote.answer(ident, "pid", time.monotonic() + REPLY_S)
     except (OSError, ZygoteGone) as error:
         _give_up(zygote, str(error))
-    zygote.running = Forked(zygote, ident, reply["pid"], [sys.executable, *args])
-    return zygote.running
+    if pid is None:
+        _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
+    return Forked(zygote, ident, pid, [sys.executable, *args])
 
 
 def _ignored_signals() -> list[int]:
@@ -386,20 +385,40 @@ def _serve(requests: int, replies: int, base_path: list[str], log: str) -> None:
     os.closerange(3, keep[0])
     for low, high in zip(keep, keep[1:] + [65536]):
         os.closerange(low + 1, high)
-    reader = os.fdopen(requests, "rb")
-    for line in reader:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                reader.close()
-                os.close(replies)
-            finally:
-                _child(request, base_path)
-        os.write(replies, (json.dumps({"id": request["id"], "pid": pid}) + "\n").encode())
-        _, raw = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(raw)
-        os.write(replies, (json.dumps({"id": request["id"], "status": code}) + "\n").encode())
+    children: dict[int, int] = {}  # pid -> the request's id
+    buffer, open_ = b"", True
+    while open_ or children:
+        # Commands run side by side: it forks each at once, and reaps each as it ends (it
+        # looks for ended ones every 50 ms while any runs).
+        if open_:
+            ready = select.select([requests], [], [], 0.05 if children else None)[0]
+        else:
+            time.sleep(0.05)
+            ready = []
+        if ready:
+            chunk = os.read(requests, 65536)
+            open_ = bool(chunk)  # the test process is gone: finish the commands, then exit
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.close(requests)
+                        os.close(replies)
+                    finally:
+                        _child(request, base_path)
+                children[pid] = request["id"]
+                os.write(replies, (json.dumps({"id": request["id"], "pid": pid}) + "\n").encode())
+        while children:
+            pid, raw = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            ident = children.pop(pid, None)
+            if ident is not None:
+                code = os.waitstatus_to_exitcode(raw)
+                os.write(replies, (json.dumps({"id": ident, "status": code}) + "\n").encode())
 
 
 def _text(path: Path) -> str:

@@ -144,8 +144,7 @@ SLOW = textwrap.dedent(
 @pytest.mark.parametrize(("how", "expected"), [("kill", -9), ("terminate", 7)])
 def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypatch):
     """start_script: poll while it runs, then the signal's exit status and one output file in
-    the order written, as subprocess.Popen gives; while a spawned command runs, other commands
-    start fresh (the zygote runs one at a time)."""
+    the order written, as subprocess.Popen gives; meanwhile other commands run beside it."""
     (probe / "slow.py").write_text(SLOW)
     handling = "handle" if how == "terminate" else "ignore"
     seen = {}
@@ -162,8 +161,8 @@ def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypat
             assert process.poll() is None and process.returncode is None
             with pytest.raises(subprocess.TimeoutExpired):
                 process.wait(timeout=0.1)
-            if mode == "fork":
-                assert not forkrun.can_fork(("probe.py", "0"))  # busy: the next one is fresh
+            beside = run_script("probe.py", "3", cwd=probe)  # forked too, in the fork's turn
+            assert beside.returncode == 3 and "atexit ran" in beside.stdout
             getattr(process, how)()
             seen[mode] = (process.wait(timeout=60), process.poll(), log.read_text())
         finally:
@@ -171,8 +170,31 @@ def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypat
                 process.kill()
                 process.wait()
     assert seen["fork"] == seen["fresh"] == (expected, expected, "out\nerr\nout again\n")
-    monkeypatch.delenv(forkrun.FRESH_ENV)
-    assert forkrun.can_fork(("probe.py", "0"))  # free again once the status was read
+
+
+def test_commands_run_side_by_side_and_each_gets_its_own_status(probe):
+    """The zygote forks a command while others run, and reports each one's exit as it ends,
+    in whatever order they end."""
+    (probe / "slow.py").write_text(SLOW)
+    first = start_script("slow.py", "handle", output=probe / "first.log", cwd=probe)
+    second = start_script("slow.py", "ignore", output=probe / "second.log", cwd=probe)
+    try:
+        assert isinstance(first, forkrun.Forked) and isinstance(second, forkrun.Forked)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            (probe / f"{name}.log").read_text().count("\n") == 3 for name in ("first", "second")
+        ):
+            time.sleep(0.05)
+        second.kill()
+        assert second.wait(timeout=60) == -9 and first.poll() is None
+        assert run_script("probe.py", "5", cwd=probe).returncode == 5
+        first.terminate()
+        assert first.wait(timeout=60) == 7
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):

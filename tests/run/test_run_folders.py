@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.run.rundir import RUN_DIR_RESOLVER, claim_unique_dir, register_run_dir_resolver
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, start_script
 
 
 def test_claim_unique_dir_takes_the_next_free_name(tmp_path):
@@ -61,17 +59,19 @@ def test_four_runs_started_at_once_get_four_folders(tmp_path, data_dir):
         cfg = compose(config_name="train", overrides=[*TINY, f"paths.data_dir={data_dir}"])
     instantiate(cfg.data.generate)()
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, str(REPO / "train.py"), *TINY, f"paths.data_dir={data_dir}", "test=false",
-    ]  # fmt: skip
-    runs = [
-        subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        for _ in range(4)
-    ]
-    outputs = [run.communicate(timeout=900)[0].decode() for run in runs]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [str(REPO / "train.py"), *TINY, f"paths.data_dir={data_dir}", "test=false"]
+    logs = [tmp_path / f"run{index}.log" for index in range(4)]
+    runs = [start_script(*command, output=log, cwd=tmp_path, env=env) for log in logs]
+    try:
+        for run in runs:
+            run.wait(timeout=900)
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    outputs = [log.read_text() for log in logs]
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-3000:]
     folders = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())

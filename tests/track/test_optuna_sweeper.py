@@ -21,7 +21,7 @@ import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
-from tests.conftest import REPO, TINY, run_script
+from tests.conftest import TINY, run_script, start_script
 
 # The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
 optuna = pytest.importorskip(
@@ -194,7 +194,6 @@ N_TRIALS = 5
 
 def sweep_command(sweep_dir: Path, storage: Path | str, data_dir: Path, n_trials: int = N_TRIALS):
     return [
-        sys.executable,
         "train.py",
         "hparams_search=optuna",
         f"hydra.sweeper.n_trials={n_trials}",
@@ -211,12 +210,6 @@ def sweep_command(sweep_dir: Path, storage: Path | str, data_dir: Path, n_trials
     ]
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("a") as handle:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
 def finished_trials(sweep_dir: Path) -> set[str]:
     return {p.parent.name for p in sweep_dir.glob("*/metrics.json")}
 
@@ -229,7 +222,7 @@ def share_and_kill(
     dirs = {name: tmp_path / name for name in "abcdefgh"[:workers]}
     logs = {name: tmp_path / f"{name}.log" for name in dirs}
     command = {name: sweep_command(d, storage, data_dir, n_trials) for name, d in dirs.items()}
-    procs = {name: start(command[name], logs[name]) for name in dirs}
+    procs = {name: start_script(*command[name], output=logs[name]) for name in dirs}
     try:
         # Kill A while its second trial trains (folder created, no metrics yet).
         deadline = time.monotonic() + 600
@@ -244,13 +237,15 @@ def share_and_kill(
                 os.kill(procs["a"].pid, signal.SIGKILL)
             time.sleep(0.2)
         procs["a"].wait(timeout=30)
-        procs["a"] = start(command["a"], logs["a"])
+        logs["a"] = tmp_path / "a-again.log"
+        procs["a"] = start_script(*command["a"], output=logs["a"])
         for name, proc in procs.items():
             assert proc.wait(timeout=600) == 0, logs[name].read_text()[-3000:]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
     return int(killed), dirs
 
 
