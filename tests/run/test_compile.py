@@ -58,7 +58,7 @@ def test_compiled_run_evaluates_exports_loads_both_ways_and_resumes(compose_cfg,
     plain = load_module(ckpt).eval()
     compiled = load_module(ckpt).eval()
     compiled.compile_network()
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(4, 3, 64, 64)  # the batch the run compiled for: no recompile
     with torch.no_grad():
         torch.testing.assert_close(compiled(images), plain(images), rtol=1e-4, atol=1e-4)
     # ... and back: weights saved from an uncompiled module load into a compiled one.
