@@ -170,7 +170,7 @@ def start_script(
     """Start ``python *args`` with its stdout and stderr in the file ``output``, and return at
     once: ``subprocess.Popen`` of a fresh interpreter, or the same calls (``pid``, ``poll``,
     ``wait``, ``kill``, ``send_signal``) on a fork of the zygote where ``run_script`` forks."""
-    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    env = command_env(env)
     if forkrun.can_fork(args):
         try:
             return forkrun.spawn(args, cwd=cwd, env=env, output=output)
@@ -180,6 +180,20 @@ def start_script(
         return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=out)
 
 
+def stop_started(*processes: subprocess.Popen | forkrun.Forked) -> None:
+    """Kill and reap those of ``start_script``'s commands still running (a test's clean-up
+    after a failed check)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def command_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """A command's environment: ``env`` (default: this process's), output unbuffered."""
+    return {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+
+
 def run_script(
     *args: str, cwd: Path = REPO, timeout: int = 600, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess:
@@ -187,7 +201,7 @@ def run_script(
     that has the libraries imported already where that is faithful (``tests/forkrun.py``),
     else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one). ``env``: the command's
     environment (default: this process's)."""
-    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    env = command_env(env)
 
     def fresh() -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import forkrun
-from tests.conftest import REPO, TINY, run_script, start_script
+from tests.conftest import REPO, TINY, run_script, start_script, stop_started
 
 # Made at import, so before the zygote: a test process's temporary folder (as wandb makes
 # one for media when it is imported), which no command may delete when it exits.
@@ -141,6 +141,13 @@ SLOW = textwrap.dedent(
 )
 
 
+def await_slow_output(*logs: Path) -> None:
+    """Until each log holds SLOW's three lines (its handler is set by then), 60 s at most."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(log.read_text().count("\n") == 3 for log in logs):
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("how", "expected"), [("kill", -9), ("terminate", 7)])
 def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypatch):
     """start_script: poll while it runs, then the signal's exit status and one output file in
@@ -155,20 +162,16 @@ def test_a_started_command_is_a_popen_either_way(how, expected, probe, monkeypat
         process = start_script("slow.py", handling, output=log, cwd=probe)
         assert isinstance(process, forkrun.Forked) == (mode == "fork")
         try:
-            deadline = time.monotonic() + 60
-            while log.read_text().count("\n") < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            await_slow_output(log)
             assert process.poll() is None and process.returncode is None
             with pytest.raises(subprocess.TimeoutExpired):
                 process.wait(timeout=0.1)
-            beside = run_script("probe.py", "3", cwd=probe)  # forked too, in the fork's turn
+            beside = run_script("probe.py", "3", cwd=probe)  # another command meanwhile
             assert beside.returncode == 3 and "atexit ran" in beside.stdout
             getattr(process, how)()
             seen[mode] = (process.wait(timeout=60), process.poll(), log.read_text())
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop_started(process)
     assert seen["fork"] == seen["fresh"] == (expected, expected, "out\nerr\nout again\n")
 
 
@@ -180,21 +183,14 @@ def test_commands_run_side_by_side_and_each_gets_its_own_status(probe):
     second = start_script("slow.py", "ignore", output=probe / "second.log", cwd=probe)
     try:
         assert isinstance(first, forkrun.Forked) and isinstance(second, forkrun.Forked)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(
-            (probe / f"{name}.log").read_text().count("\n") == 3 for name in ("first", "second")
-        ):
-            time.sleep(0.05)
+        await_slow_output(probe / "first.log", probe / "second.log")
         second.kill()
         assert second.wait(timeout=60) == -9 and first.poll() is None
         assert run_script("probe.py", "5", cwd=probe).returncode == 5
         first.terminate()
         assert first.wait(timeout=60) == 7
     finally:
-        for process in (first, second):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_started(first, second)
 
 
 def test_interpreter_options_get_a_fresh_interpreter(monkeypatch):

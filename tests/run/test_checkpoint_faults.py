@@ -28,7 +28,7 @@ from segexp.run.ckpt_io import (
     sweep_partial,
 )
 from tests import forkrun
-from tests.conftest import TINY, run_script, start_script
+from tests.conftest import TINY, run_script, start_script, stop_started
 from tests.run.test_signals import signal_at
 
 KILLS = int(os.environ.get("SEGEXP_KILLS", "3"))
@@ -294,7 +294,6 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, da
         assert len(names) == 2 and names[0].startswith("best-") and names[1] == "last.ckpt"
         print(f"{kills} SIGKILLs while training, then resumed to the uninterrupted run's metrics")
     finally:
-        if process is not None and process.poll() is None:  # a failed check left it running
-            process.kill()
-            process.wait()
+        if process is not None:  # a failed check may have left it running
+            stop_started(process)
         shutil.rmtree(tmpdir, ignore_errors=True)

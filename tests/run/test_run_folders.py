@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.run.rundir import RUN_DIR_RESOLVER, claim_unique_dir, register_run_dir_resolver
-from tests.conftest import REPO, TINY, start_script
+from tests.conftest import REPO, TINY, start_script, stop_started
 
 
 def test_claim_unique_dir_takes_the_next_free_name(tmp_path):
@@ -67,10 +67,7 @@ def test_four_runs_started_at_once_get_four_folders(tmp_path, data_dir):
         for run in runs:
             run.wait(timeout=900)
     finally:
-        for run in runs:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+        stop_started(*runs)
     outputs = [log.read_text() for log in logs]
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-3000:]

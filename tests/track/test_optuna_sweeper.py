@@ -21,7 +21,7 @@ import yaml
 
 from segexp.track import study as studies
 from segexp.track.pruning import OptunaPruning
-from tests.conftest import TINY, run_script, start_script
+from tests.conftest import TINY, run_script, start_script, stop_started
 
 # The sweep extra; without it (only [dev] installed) this module is skipped, not a collection error.
 optuna = pytest.importorskip(
@@ -242,10 +242,7 @@ def share_and_kill(
         for name, proc in procs.items():
             assert proc.wait(timeout=600) == 0, logs[name].read_text()[-3000:]
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_started(*procs.values())
     return int(killed), dirs
 
 
