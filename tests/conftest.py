@@ -189,34 +189,60 @@ def stop_started(*processes: subprocess.Popen | forkrun.Forked) -> None:
             process.wait()
 
 
+def new_venv(root: Path) -> Path:
+    """A virtual environment at ``root``, without pip, that finds the test environment's
+    packages (torch, Lightning, ...) after its own: a ``.pth`` line naming their folder, as
+    ``--system-site-packages`` gives a system install. Returns its python."""
+    import sysconfig
+
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    deps = sysconfig.get_paths()["purelib"]
+    (site_packages(python) / "segexp-test-dependencies.pth").write_text(deps + "\n")
+    return python
+
+
+def site_packages(python: Path) -> Path:
+    """The site-packages folder of the interpreter ``python``."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return Path(subprocess.check_output([str(python), "-c", code], text=True).strip())
+
+
 def command_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """A command's environment: ``env`` (default: this process's), output unbuffered."""
     return {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
 
 
 def run_script(
-    *args: str, cwd: Path = REPO, timeout: int = 600, env: Mapping[str, str] | None = None
+    *args: str,
+    cwd: Path = REPO,
+    timeout: int = 600,
+    env: Mapping[str, str] | None = None,
+    python: Path | str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``python *args`` the way a user does: a process of its own, as a fork of this one
     that has the libraries imported already where that is faithful (``tests/forkrun.py``),
     else a fresh interpreter (``SEGEXP_TEST_FRESH=1`` forces one). ``env``: the command's
-    environment (default: this process's)."""
+    environment (default: this process's). ``python``: another interpreter (a virtual
+    environment's) to run it with, forked from a zygote of that interpreter."""
     env = command_env(env)
+    python = str(python) if python is not None else None
 
     def fresh() -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-            timeout=timeout,
+            [python or sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+            text=True, timeout=timeout,
         )  # fmt: skip
 
-    if not forkrun.can_fork(args):
+    if not forkrun.can_fork(args, python, env):
         return fresh()
     # A fork that fails where a fresh interpreter would not is the test machinery's fault, not
     # the command's: the fresh result stands, and the suite stops forking (a warning says why).
     try:
-        return forkrun.run(args, cwd=cwd, env=env, timeout=timeout)
+        return forkrun.run(args, cwd=cwd, env=env, timeout=timeout, python=python)
     except forkrun.ZygoteFailed as failure:
-        forkrun.retire(f"{failure}")
+        forkrun.retire(f"{failure}", python)
         return fresh()
     except subprocess.TimeoutExpired as forked:
         try:
@@ -224,7 +250,8 @@ def run_script(
         except subprocess.TimeoutExpired:
             raise forked from None  # it hangs either way: the command's fault
         forkrun.retire(
-            f"python {' '.join(args)} (in {cwd}) ran past {timeout} s as a fork of the test "
-            "zygote, and finished in a fresh interpreter."
+            f"{python or 'python'} {' '.join(args)} (in {cwd}) ran past {timeout} s as a fork "
+            "of the test zygote, and finished in a fresh interpreter.",
+            python,
         )
         return result

@@ -26,7 +26,15 @@ A fresh interpreter is still used where a fork would not be faithful:
 - unless ``OMP_NUM_THREADS=1`` (``make test`` sets it): OpenMP threads do not survive a fork;
 - when the test process had started CUDA before the zygote was made.
 Tests that check what a command imports or how fast it starts start their own processes
-and do not come through here. A test that must act on a command while it runs (kill it,
+and do not come through here.
+
+A command of another interpreter (``run_script(..., python=...)``: the ``segexp`` of a
+virtual environment holding segexp's wheel) forks from a zygote of that interpreter: a
+``python -c`` started on its first command, which imports the libraries every segexp command
+imports (``PRELOAD``, none of segexp's or a user's own code) and then serves as this one
+does. Its ``sys.path`` is that interpreter's fresh one, which its ``.pth`` files make; when
+one of them comes or changes (``pip install -e`` of a user's project), the next command gets
+a new zygote, as a fresh start would run the new file. A test that must act on a command while it runs (kill it,
 signal it) starts it with ``tests.conftest.start_script``: a fork too where this allows
 (``spawn``), with ``subprocess.Popen``'s calls; the zygote runs commands side by side.
 """
@@ -69,6 +77,8 @@ _START_FILTERS = [
 
 # The zygote answers within this: it forks a child on request and reaps a killed one at once.
 REPLY_S = 60.0
+# A zygote of another interpreter is ready within this: it imports what a command would.
+START_S = 300.0
 
 
 class ZygoteGone(Exception):
@@ -83,24 +93,50 @@ class ZygoteWarning(UserWarning):
     """The suite stopped forking commands and runs the rest in fresh interpreters."""
 
 
-def retire(why: str) -> None:
-    """Stop forking commands for the rest of this test process, and say why in the warnings
-    summary: the zygote is test machinery, so its failure must not fail the test it ran a
-    command for, nor pass unseen."""
+def retire(why: str, python: str | None = None) -> None:
+    """Stop forking commands (of the interpreter ``python``: default this one) for the rest of
+    this test process, and say why in the warnings summary: the zygote is test machinery, so
+    its failure must not fail the test it ran a command for, nor pass unseen."""
     global _zygote
-    zygote, _zygote = _zygote, None
+    if python is None or python == sys.executable:
+        zygote, _zygote = _zygote, None
+    else:
+        zygote, _servers[python] = _servers.get(python), None
     if zygote is not None:
-        put_down(zygote.pid)
+        zygote.put_down()
     message = f"{why} The commands after this one start fresh interpreters."
     warnings.warn(ZygoteWarning(message), stacklevel=3)  # at the test that ran the command
 
 
 class _Zygote:
-    def __init__(self, pid: int, requests: int, replies: int, log: str) -> None:
+    def __init__(
+        self, pid: int, requests: int, replies: int, log: str, python: str = sys.executable
+    ) -> None:
         self.pid, self.requests, self.replies, self.log = pid, requests, replies, log
+        self.python = python  # the interpreter its commands run as
+        # Another interpreter's zygote: its process, its site-packages folders, and their
+        # .pth files when it started.
+        self.process: subprocess.Popen | None = None
+        self.site: list[str] = []
+        self.site_state: list[tuple[str, int]] = []
         self.buffer = b""
         self.count = 0
         self.answers: dict[tuple[int, str], int] = {}  # (id, "pid" or "status") -> value
+
+    def put_down(self) -> int | None:
+        """SIGKILL it, reap it and close its pipes: its exit status, or None if it was reaped
+        already."""
+        if self.process is None:
+            code = put_down(self.pid)
+        else:
+            self.process.kill()
+            code = self.process.wait()
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return code
 
     def send(self, message: dict) -> None:
         os.write(self.requests, (json.dumps(message) + "\n").encode())
@@ -133,6 +169,8 @@ class _Zygote:
 
 
 _zygote: _Zygote | None = None
+# Zygotes of other interpreters (a virtual environment's python), by path; None once retired.
+_servers: dict[str, _Zygote | None] = {}
 
 
 def start_zygote() -> None:
@@ -187,11 +225,111 @@ def _fork_allowed(fresh_ok: bool = False) -> bool:
     return torch is None or not torch.cuda.is_initialized()
 
 
-def can_fork(args: Sequence[str]) -> bool:
-    """True when ``python *args`` can run as a fork of the zygote (see the module doc)."""
-    if _zygote is None or not _fork_allowed() or not args:
+def can_fork(
+    args: Sequence[str], python: str | None = None, env: Mapping[str, str] | None = None
+) -> bool:
+    """True when ``python *args`` can run as a fork of a zygote (see the module doc); for
+    another interpreter, when its command's environment ``env`` sets no PYTHONPATH (that
+    zygote's ``sys.path`` is a fresh start's without one)."""
+    if not _fork_allowed() or not args:
+        return False
+    if python is None or python == sys.executable:
+        if _zygote is None:
+            return False
+    elif _servers.get(python, True) is None or (env or {}).get("PYTHONPATH"):
         return False
     return (args[0] == "-m" and len(args) > 1) or not args[0].startswith("-")
+
+
+def zygote_of(python: str | None) -> _Zygote:
+    """The zygote that forks ``python``'s commands: this process's, or one started for that
+    interpreter on first use (``start_server``)."""
+    if python is None or python == sys.executable:
+        assert _zygote is not None
+        return _zygote
+    zygote = _servers.get(python)
+    if zygote is not None and _site_state(zygote.site) != zygote.site_state:
+        # A .pth file came or changed (``pip install -e`` of a user's project): a fresh start
+        # would run it, which this zygote did not. A new zygote starts with it.
+        zygote.put_down()
+        del _servers[python]
+    if python not in _servers:
+        _servers[python] = None  # retired, should it fail to start
+        _servers[python] = start_server(python)
+    zygote = _servers[python]
+    assert zygote is not None
+    return zygote
+
+
+# What a zygote of another interpreter imports before it forks: the libraries every segexp
+# command imports at start-up, all of them outside segexp (a user package's or segexp's own
+# code must run in the command, as it does in a fresh one).
+PRELOAD = (
+    "numpy", "PIL.Image", "yaml", "omegaconf", "hydra", "hydra.main", "torch", "torchvision",
+    "torchmetrics", "pytorch_lightning", "segmentation_models_pytorch", "timm",
+    "albumentations", "wandb", "wandb.apis.public",  # (a run's W&B set-up imports the last)
+)  # fmt: skip
+
+
+def start_server(python: str) -> _Zygote:
+    """A zygote of another interpreter: ``python -c`` that imports ``PRELOAD`` and then serves
+    as the test process's zygote does (``serve``), over two pipes it inherits."""
+    log = tempfile.NamedTemporaryFile(prefix="forkrun-server-", suffix=".log", delete=False)
+    log.close()
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests import forkrun; "
+        f"sys.path.remove({str(REPO)!r}); "
+        f"forkrun.serve({requests_r}, {replies_w}, {log.name!r}, {list(PRELOAD)!r})"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # In "/": its working folder must outlive it (torch's import fails in a deleted one).
+    with open(log.name, "a") as errors:
+        process = subprocess.Popen(
+            [python, "-c", code], cwd="/", env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=errors, pass_fds=(requests_r, replies_w),
+        )  # fmt: skip
+    os.close(requests_r)
+    os.close(replies_w)
+    os.set_inheritable(requests_w, False)
+    os.set_inheritable(replies_r, False)
+    atexit.register(_remove, log.name)
+    zygote = _Zygote(process.pid, requests_w, replies_r, log.name, python)
+    zygote.process = process
+    # Ready once it has imported PRELOAD (a fresh command's start-up, once).
+    try:
+        ready = zygote.receive(time.monotonic() + START_S)
+    except (OSError, ZygoteGone) as error:
+        _give_up(zygote, f"it did not start: {error}")
+    if ready is None:
+        _give_up(zygote, f"it was not ready within {START_S:.0f} s")
+    zygote.site = ready["site"]
+    zygote.site_state = _site_state(zygote.site)
+    return zygote
+
+
+def _site_state(folders: list[str]) -> list[tuple[str, int]]:
+    """The .pth files of these site-packages folders, with their times of change: what
+    Python's start-up runs (a path or an import a line), which a zygote ran when it started."""
+    return sorted(
+        (str(path), path.stat().st_mtime_ns)
+        for folder in folders
+        for path in Path(folder).glob("*.pth")
+    )
+
+
+def serve(requests: int, replies: int, log: str, preload: Sequence[str]) -> None:
+    """A zygote's life in an interpreter of its own (``start_server``)."""
+    import importlib
+
+    base_path = fresh_sys_path()
+    for name in preload:
+        importlib.import_module(name)
+    import site
+
+    os.write(replies, (json.dumps({"site": site.getsitepackages()}) + "\n").encode())
+    _serve(requests, replies, base_path, log)
 
 
 def fresh_sys_path() -> list[str]:
@@ -205,13 +343,18 @@ def fresh_sys_path() -> list[str]:
 
 
 def run(
-    args: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float
+    args: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    python: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """``subprocess.run([sys.executable, *args], capture_output=True, text=True, ...)``, forked."""
+    """``subprocess.run([python, *args], capture_output=True, text=True, ...)``, forked;
+    ``python`` defaults to this interpreter."""
     with tempfile.TemporaryDirectory(prefix="forkrun-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
         started = time.monotonic()
-        forked = _start(args, cwd, env, out, err)
+        forked = _start(args, cwd, env, out, err, python)
         try:
             try:
                 # The pid may come late (a busy machine): the timeout counts from the request.
@@ -280,11 +423,20 @@ class Forked:
         return self.returncode
 
 
-def _start(args: Sequence[str], cwd: Path, env: Mapping[str, str], out: Path, err: Path) -> Forked:
+def _start(
+    args: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    out: Path,
+    err: Path,
+    python: str | None = None,
+) -> Forked:
     """Ask the zygote to fork ``python *args``; the command once it has a pid (the zygote forks
     at once: no pid within REPLY_S means it is stuck, and it is given up on)."""
-    assert _zygote is not None
-    zygote = _zygote
+    try:
+        zygote = zygote_of(python)
+    except OSError as error:  # the interpreter would not start
+        raise ZygoteFailed(f"no zygote of {python} started: {error}") from error
     zygote.count += 1
     ident = zygote.count
     try:
@@ -297,7 +449,7 @@ def _start(args: Sequence[str], cwd: Path, env: Mapping[str, str], out: Path, er
         _give_up(zygote, str(error))
     if pid is None:
         _give_up(zygote, f"it did not fork a command within {REPLY_S:.0f} s")
-    return Forked(zygote, ident, pid, [sys.executable, *args])
+    return Forked(zygote, ident, pid, [zygote.python, *args])
 
 
 def _ignored_signals() -> list[int]:
@@ -317,18 +469,20 @@ def _give_up(zygote: _Zygote, why: str) -> None:
     global _zygote
     if _zygote is zygote:
         _zygote = None
+    if _servers.get(zygote.python) is zygote:
+        _servers[zygote.python] = None
     state = _process_state(zygote.pid)
     try:
         os.kill(zygote.pid, signal.SIGUSR1)  # it writes its Python stack to its log
         time.sleep(1.0)
     except ProcessLookupError:
         pass
-    code = put_down(zygote.pid)
+    code = zygote.put_down()
     ended = f"; it ended with status {code}" if code is not None else ""
     log = Path(zygote.log).read_text(errors="replace").strip() if Path(zygote.log).exists() else ""
     raise ZygoteFailed(
-        f"the test zygote (pid {zygote.pid}, tests/forkrun.py) failed: {why}{ended}; {state}."
-        + (f" What it wrote:\n{log}" if log else "")
+        f"the test zygote of {zygote.python} (pid {zygote.pid}, tests/forkrun.py) failed: "
+        f"{why}{ended}; {state}." + (f" What it wrote:\n{log}" if log else "")
     )
 
 
@@ -545,7 +699,10 @@ def _become_fresh(cwd: Path, request: dict) -> None:
     if "torch" in sys.modules:
         import torch
 
-        torch.use_deterministic_algorithms(False)
+        # Only if it is on: turning it off imports torch._inductor (and sympy) when it is not
+        # imported yet, as no fresh interpreter would.
+        if torch.are_deterministic_algorithms_enabled():
+            torch.use_deterministic_algorithms(False)
         torch.set_default_dtype(torch.float32)
         torch.set_grad_enabled(True)
 

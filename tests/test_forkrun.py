@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests import forkrun
-from tests.conftest import REPO, TINY, run_script, start_script, stop_started
+from tests.conftest import (
+    REPO,
+    TINY,
+    new_venv,
+    run_script,
+    site_packages,
+    start_script,
+    stop_started,
+)
 
 # Made at import, so before the zygote: a test process's temporary folder (as wandb makes
 # one for media when it is imported), which no command may delete when it exits.
@@ -295,3 +303,112 @@ def test_a_timeout_shorter_than_a_slow_fork_is_the_commands_not_the_zygotes(spar
     assert forkrun._zygote is spare_zygote
     again = forkrun.run(["probe.py", "0"], cwd=probe, env=dict(os.environ), timeout=300)
     assert again.returncode == 0, again.stderr
+
+
+# What a command of another interpreter sees of it; its parent's pid tells a fork from a fresh
+# start, and is left out of the comparison.
+VENV_PROBE = textwrap.dedent(
+    """
+    import importlib.util, json, os, sys
+    late = importlib.util.find_spec("late_package")
+    print(json.dumps({
+        "ppid": os.getppid(),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "path": sys.path,
+        "argv": sys.argv,
+        "late": late and late.origin,
+        "late_line": getattr(sys, "late_pth_line_ran", None),
+        # Where the zygote imported torch but not its compiler, a fork must not import it
+        # either (turning deterministic algorithms off does, where it is not imported yet).
+        "inductor": "torch._inductor" in sys.modules,
+    }))
+    """
+)
+
+
+@pytest.fixture
+def venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A virtual environment's python, and a folder with VENV_PROBE; the zygotes of other
+    interpreters that the test starts are put down after it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv(forkrun.FRESH_ENV, raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setattr(forkrun, "_servers", {})
+    monkeypatch.setattr(forkrun, "PRELOAD", ("torch",))  # a heavy import, and no compiler
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "venv_probe.py").write_text(VENV_PROBE)
+    yield new_venv(tmp_path / "venv")
+    for server in forkrun._servers.values():
+        if server is not None:
+            server.put_down()
+
+
+def probe_venv(python: Path, tmp_path: Path, fresh: bool = False) -> dict:
+    with pytest.MonkeyPatch.context() as patch:
+        if fresh:
+            patch.setenv(forkrun.FRESH_ENV, "1")
+        result = run_script("venv_probe.py", "x", cwd=tmp_path / "probe", python=python)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_another_interpreters_command_runs_as_a_fork_that_sees_what_a_fresh_one_does(
+    venv, tmp_path
+):
+    """``run_script(..., python=<a virtual environment's>)`` forks from a zygote of that
+    interpreter: same executable, prefix, sys.path and argv as ``<venv>/bin/python SCRIPT``."""
+    forked = probe_venv(venv, tmp_path)
+    fresh = probe_venv(venv, tmp_path, fresh=True)
+    server = forkrun._servers[str(venv)]
+    assert server is not None and forked["ppid"] == server.pid  # a fork of that zygote
+    assert fresh["ppid"] == os.getpid()
+    forked.pop("ppid"), fresh.pop("ppid")
+    assert forked == fresh
+    assert fresh["prefix"] == str(venv.parent.parent) and fresh["executable"] == str(venv)
+    assert fresh["path"][0] == str((tmp_path / "probe").resolve())
+
+
+def test_a_pth_file_installed_after_the_zygote_started_is_run_as_a_fresh_start_runs_it(
+    venv, tmp_path
+):
+    """``pip install -e`` writes a .pth file, which Python runs at start-up: a zygote started
+    before it would not know the package. The command after it gets a new zygote."""
+    first = probe_venv(venv, tmp_path)
+    assert first["late"] is None
+    late = tmp_path / "late"
+    (late / "late_package").mkdir(parents=True)
+    (late / "late_package" / "__init__.py").write_text("")
+    (site_packages(venv) / "late.pth").write_text(
+        f"{late}\nimport sys; sys.late_pth_line_ran = 'yes'\n"
+    )
+    forked = probe_venv(venv, tmp_path)
+    fresh = probe_venv(venv, tmp_path, fresh=True)
+    assert forked["ppid"] != first["ppid"] and forked["ppid"] == forkrun._servers[str(venv)].pid
+    forked.pop("ppid"), fresh.pop("ppid")
+    assert forked == fresh
+    assert fresh["late"] == str(late / "late_package" / "__init__.py")
+    assert fresh["late_line"] == "yes"  # its import line ran too (as an editable finder's)
+    with pytest.raises(ProcessLookupError):
+        os.kill(first["ppid"], 0)  # the old zygote was put down and reaped
+
+
+def test_an_interpreter_whose_zygote_fails_to_start_runs_its_commands_fresh(venv, tmp_path):
+    """A zygote that dies before it is ready (as torch's import did in a deleted working
+    folder) is the machinery's fault: the command runs fresh, a warning quotes what it wrote,
+    and that interpreter's later commands run fresh without trying again."""
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$2" in *forkrun.serve*) echo "this python serves nothing" >&2; exit 4;; esac\n'
+        f'exec {venv} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    with pytest.warns(
+        forkrun.ZygoteWarning, match=r"(?s)did not start.*this python serves nothing"
+    ):
+        result = run_script("venv_probe.py", "x", cwd=tmp_path / "probe", python=wrapper)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ppid"] == os.getpid()  # fresh
+    assert forkrun._servers[str(wrapper)] is None
+    assert not forkrun.can_fork(("venv_probe.py",), str(wrapper))

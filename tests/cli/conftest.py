@@ -1,10 +1,9 @@
 """segexp as a user installs it: a wheel built from this checkout, in a fresh virtual
 environment that is neither editable nor the checkout.
 
-The environment reuses the test environment's installed dependencies (a ``.pth`` line
-pointing at its site-packages, the same as ``--system-site-packages`` would give a
-system install) and installs only segexp's wheel, with ``--no-deps``: nothing is
-downloaded, and importing segexp can only find the wheel's copy.
+The environment reuses the test environment's installed dependencies (``new_venv``) and
+installs only segexp's wheel, with ``--no-deps``: nothing is downloaded, and importing
+segexp can only find the wheel's copy.
 """
 
 from __future__ import annotations
@@ -13,13 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, new_venv, run_script, site_packages
 
 # What a wheel is built from: the checkout without run outputs, data or environments.
 NOT_SOURCE = (".git", ".venv", "outputs", "multirun", "data", "wandb", "mlruns", "weights", "build")
@@ -42,28 +40,16 @@ class Installed:
 
     @property
     def site_packages(self) -> Path:
-        return Path(
-            subprocess.check_output(
-                [
-                    str(self.python),
-                    "-c",
-                    "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                ],
-                text=True,
-            ).strip()
-        )
+        return site_packages(self.python)
 
     def run(self, *args: str, cwd: Path, timeout: int = 600, **env: str):
-        """``segexp ARGS`` in ``cwd``, with a clean PYTHONPATH: what a user's shell runs."""
+        """``segexp ARGS`` in ``cwd``, with a clean PYTHONPATH: what a user's shell runs (the
+        environment's console script, which its python runs; a fork of a zygote of that
+        python where run_script forks)."""
         environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        environ.update({"PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **env})
-        return subprocess.run(
-            [str(self.segexp), *args],
-            cwd=cwd,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        environ.update({"WANDB_MODE": "offline", **env})
+        return run_script(
+            str(self.segexp), *args, cwd=cwd, env=environ, timeout=timeout, python=self.python
         )
 
 
@@ -91,11 +77,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(work)
     env = Installed(work / "venv", wheel)
-    base = Path(getattr(sys, "_base_executable", sys.executable))
-    subprocess.run([str(base), "-m", "venv", "--without-pip", str(env.root)], check=True)
-    # The test environment's packages (torch, Lightning, ...) under the new one's own.
-    deps = sysconfig.get_paths()["purelib"]
-    (env.site_packages / "segexp-test-dependencies.pth").write_text(deps + "\n")
+    new_venv(env.root)
     subprocess.run(
         [str(env.python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True, capture_output=True, text=True, timeout=600,
