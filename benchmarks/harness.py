@@ -200,17 +200,27 @@ def silenced():
         yield
 
 
-def run_checked(args: list[str], extra_env: dict[str, str] | None = None, **kwargs: Any) -> str:
-    """Run a command in the repo root; its stdout, or a RuntimeError quoting its stderr's end."""
+def run_command(args: list[str], env: dict[str, str], **kwargs: Any):
+    """``subprocess.run`` of ``args`` in the repo root, output captured as text: how
+    run_checked runs a command. The test suite's smoke run of the quick suite puts its own
+    in its place (tests/quick_bench.py: the commands fork from a warm process there)."""
     import subprocess
 
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, **kwargs)
+
+
+RUN = run_command
+
+
+def run_checked(args: list[str], extra_env: dict[str, str] | None = None, **kwargs: Any) -> str:
+    """Run a command in the repo root; its stdout, or a RuntimeError quoting its stderr's end."""
     env = {
         **os.environ,
         "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         "WANDB_SILENT": "true",
         **(extra_env or {}),
     }
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, **kwargs)
+    result = RUN(args, env, **kwargs)
     if result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(map(str, args[:4]))} ... exited {result.returncode}: "

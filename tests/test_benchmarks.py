@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 
 from benchmarks.__main__ import FIGURES, TITLES
+from tests import forkrun
 from tests.conftest import run_script
 
 # The quick suite runs in two tests in two files, so that make test's two processes can run
@@ -23,11 +25,15 @@ REST = FIGURES[len(FIRST) :]  # budget, analysis: about as long as the first eig
 
 def run_quick_bench(out: Path, figures: tuple[str, ...]) -> tuple[str, dict]:
     """``python -m benchmarks --quick --only <figures>``: each figure printed and measured, every
-    target judged; returns the printed report and results.json."""
+    target judged; returns the printed report and results.json. Its own commands fork from a
+    zygote of it (tests/quick_bench.py); that zygote's warnings are passed on here."""
     result = run_script(
-        "-m", "benchmarks", "--quick", "--only", ",".join(figures), "--out", str(out),
+        "-m", "tests.quick_bench", "--quick", "--only", ",".join(figures), "--out", str(out),
         timeout=1800,
     )  # fmt: skip
+    for line in result.stderr.splitlines():
+        if "ZygoteWarning: " in line:
+            warnings.warn(forkrun.ZygoteWarning(line.split("ZygoteWarning: ", 1)[1]), stacklevel=2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name in figures:
         assert TITLES[name] in result.stdout, name
