@@ -31,7 +31,10 @@ def cluster_problem() -> str | None:
         return "`sinfo` timed out: slurmctld is not answering (scripts/local_slurm.sh start)"
     if out.returncode != 0:
         return f"`sinfo` failed: {out.stderr.strip()[:200]} (scripts/local_slurm.sh start)"
-    if not any(state.startswith(("idle", "mix", "alloc")) for state in out.stdout.split()):
+    # "completing": up, and finishing a job's clean-up (a job submitted now waits for it). A
+    # test that starts right after another's job ends finds the node in that state.
+    up = ("idle", "mix", "alloc", "completing")
+    if not any(state.startswith(up) for state in out.stdout.split()):
         return f"no SLURM node is up (states: {out.stdout.split()}); scripts/local_slurm.sh start"
     return None
 
