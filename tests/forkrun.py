@@ -26,7 +26,9 @@ A fresh interpreter is still used where a fork would not be faithful:
 - unless ``OMP_NUM_THREADS=1`` (``make test`` sets it): OpenMP threads do not survive a fork;
 - when the test process had started CUDA before the zygote was made.
 Tests that check what a command imports or how fast it starts start their own processes
-and do not come through here.
+and do not come through here. A test that must act on a command while it runs (kill it,
+signal it) starts it with ``tests.conftest.start_script``: a fork too where this allows
+(``spawn``), with ``subprocess.Popen``'s calls; the zygote runs commands side by side.
 
 A command of another interpreter (``run_script(..., python=...)``: the ``segexp`` of a
 virtual environment holding segexp's wheel) forks from a zygote of that interpreter: a
@@ -34,9 +36,7 @@ virtual environment holding segexp's wheel) forks from a zygote of that interpre
 imports (``PRELOAD``, none of segexp's or a user's own code) and then serves as this one
 does. Its ``sys.path`` is that interpreter's fresh one, which its ``.pth`` files make; when
 one of them comes or changes (``pip install -e`` of a user's project), the next command gets
-a new zygote, as a fresh start would run the new file. A test that must act on a command while it runs (kill it,
-signal it) starts it with ``tests.conftest.start_script``: a fork too where this allows
-(``spawn``), with ``subprocess.Popen``'s calls; the zygote runs commands side by side.
+a new zygote, as a fresh start would run the new file.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def retire(why: str, python: str | None = None) -> None:
     this test process, and say why in the warnings summary: the zygote is test machinery, so
     its failure must not fail the test it ran a command for, nor pass unseen."""
     global _zygote
-    if python is None or python == sys.executable:
+    if _own(python):
         zygote, _zygote = _zygote, None
     else:
         zygote, _servers[python] = _servers.get(python), None
@@ -183,10 +183,7 @@ def start_zygote() -> None:
 def fork_zygote() -> _Zygote:
     """A zygote forked from this process as it is now."""
     base_path = fresh_sys_path()
-    log = tempfile.NamedTemporaryFile(prefix="forkrun-zygote-", suffix=".log", delete=False)
-    log.close()
-    requests_r, requests_w = os.pipe()
-    replies_r, replies_w = os.pipe()
+    log, (requests_r, requests_w), (replies_r, replies_w) = _new_channel("zygote")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
@@ -194,17 +191,37 @@ def fork_zygote() -> _Zygote:
         try:
             os.close(requests_w)
             os.close(replies_r)
-            _serve(requests_r, replies_w, base_path, log.name)
+            _serve(requests_r, replies_w, base_path, log)
         except BaseException:  # noqa: BLE001 - to the log the test process reads
             traceback.print_exc()
         finally:
             os._exit(0)
-    os.close(requests_r)
-    os.close(replies_w)
-    os.set_inheritable(requests_w, False)
-    os.set_inheritable(replies_r, False)
-    atexit.register(_remove, log.name)
-    return _Zygote(pid, requests_w, replies_r, log.name)
+    return _connect(pid, log, (requests_r, requests_w), (replies_r, replies_w))
+
+
+def _new_channel(kind: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
+    """A new zygote's log file (``kind`` in its name) and its two pipes, requests and
+    replies, each ``(read end, write end)``."""
+    log = tempfile.NamedTemporaryFile(prefix=f"forkrun-{kind}-", suffix=".log", delete=False)
+    log.close()
+    return log.name, os.pipe(), os.pipe()
+
+
+def _connect(
+    pid: int,
+    log: str,
+    requests: tuple[int, int],
+    replies: tuple[int, int],
+    python: str = sys.executable,
+) -> _Zygote:
+    """This process's side of a zygote just started: the zygote's pipe ends closed here, ours
+    kept from the commands this process starts, the log removed at exit."""
+    os.close(requests[0])
+    os.close(replies[1])
+    os.set_inheritable(requests[1], False)
+    os.set_inheritable(replies[0], False)
+    atexit.register(_remove, log)
+    return _Zygote(pid, requests[1], replies[0], log, python)
 
 
 def _remove(path: str) -> None:
@@ -233,7 +250,7 @@ def can_fork(
     zygote's ``sys.path`` is a fresh start's without one)."""
     if not _fork_allowed() or not args:
         return False
-    if python is None or python == sys.executable:
+    if _own(python):
         if _zygote is None:
             return False
     elif _servers.get(python, True) is None or (env or {}).get("PYTHONPATH"):
@@ -241,10 +258,15 @@ def can_fork(
     return (args[0] == "-m" and len(args) > 1) or not args[0].startswith("-")
 
 
+def _own(python: str | None) -> bool:
+    """Whether ``python`` is this process's interpreter (None stands for it)."""
+    return python is None or python == sys.executable
+
+
 def zygote_of(python: str | None) -> _Zygote:
     """The zygote that forks ``python``'s commands: this process's, or one started for that
     interpreter on first use (``start_server``)."""
-    if python is None or python == sys.executable:
+    if _own(python):
         assert _zygote is not None
         return _zygote
     zygote = _servers.get(python)
@@ -274,28 +296,20 @@ PRELOAD = (
 def start_server(python: str) -> _Zygote:
     """A zygote of another interpreter: ``python -c`` that imports ``PRELOAD`` and then serves
     as the test process's zygote does (``serve``), over two pipes it inherits."""
-    log = tempfile.NamedTemporaryFile(prefix="forkrun-server-", suffix=".log", delete=False)
-    log.close()
-    requests_r, requests_w = os.pipe()
-    replies_r, replies_w = os.pipe()
+    log, (requests_r, requests_w), (replies_r, replies_w) = _new_channel("server")
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests import forkrun; "
         f"sys.path.remove({str(REPO)!r}); "
-        f"forkrun.serve({requests_r}, {replies_w}, {log.name!r}, {list(PRELOAD)!r})"
+        f"forkrun.serve({requests_r}, {replies_w}, {log!r}, {list(PRELOAD)!r})"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # In "/": its working folder must outlive it (torch's import fails in a deleted one).
-    with open(log.name, "a") as errors:
+    with open(log, "a") as errors:
         process = subprocess.Popen(
             [python, "-c", code], cwd="/", env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=errors, pass_fds=(requests_r, replies_w),
         )  # fmt: skip
-    os.close(requests_r)
-    os.close(replies_w)
-    os.set_inheritable(requests_w, False)
-    os.set_inheritable(replies_r, False)
-    atexit.register(_remove, log.name)
-    zygote = _Zygote(process.pid, requests_w, replies_r, log.name, python)
+    zygote = _connect(process.pid, log, (requests_r, requests_w), (replies_r, replies_w), python)
     zygote.process = process
     # Ready once it has imported PRELOAD (a fresh command's start-up, once).
     try:
@@ -322,12 +336,11 @@ def _site_state(folders: list[str]) -> list[tuple[str, int]]:
 def serve(requests: int, replies: int, log: str, preload: Sequence[str]) -> None:
     """A zygote's life in an interpreter of its own (``start_server``)."""
     import importlib
+    import site
 
     base_path = fresh_sys_path()
     for name in preload:
         importlib.import_module(name)
-    import site
-
     os.write(replies, (json.dumps({"site": site.getsitepackages()}) + "\n").encode())
     _serve(requests, replies, base_path, log)
 
